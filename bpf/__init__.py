@@ -1,0 +1,1 @@
+"""BPF C sources of pyrebootcert, shipped as package data (``pyrebootcert.bpf``)."""

@@ -1,0 +1,3 @@
+"""pyrebootcert: kernel-offloaded reboot detection for IPsec gateways."""
+
+__version__ = "0.1.0"
