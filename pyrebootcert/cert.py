@@ -103,7 +103,13 @@ class BirthCertificate:
     ) -> bytes:
         """The to-be-signed bytes: everything that precedes the signature."""
         fixed = _FIXED.pack(
-            MAGIC, VERSION, int(sig_alg), sig_len, key_id, boot_number, boot_time_ns,
+            MAGIC,
+            VERSION,
+            int(sig_alg),
+            sig_len,
+            key_id,
+            boot_number,
+            boot_time_ns,
             len(addresses),
         )
         return fixed + _encode_addresses(addresses)
@@ -111,8 +117,12 @@ class BirthCertificate:
     def signed_bytes(self) -> bytes:
         """The exact bytes the signature covers."""
         return self.tbs(
-            self.sig_alg, len(self.signature), self.key_id, self.boot_number,
-            self.boot_time_ns, self.addresses,
+            self.sig_alg,
+            len(self.signature),
+            self.key_id,
+            self.boot_number,
+            self.boot_time_ns,
+            self.addresses,
         )
 
     def to_bytes(self) -> bytes:
