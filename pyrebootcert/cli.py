@@ -24,8 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
+from . import doctor
 from .cert import MAX_ADDRS, U64_MAX, BirthCertificate, IPAddress, SigAlg
 from .errors import ConfigError, DecodeError, KeyFileError, RebootCertError, UsageError
+from .xdp import cli as xdp_cli
 
 if TYPE_CHECKING:
     from .config import Config
@@ -373,6 +375,8 @@ REGISTRARS: list[Callable[[SubParsers], None]] = [
     register_boot,
     register_cert,
     register_peers,
+    xdp_cli.register,
+    doctor.register,
 ]
 
 
