@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from . import doctor
 from .cert import MAX_ADDRS, U64_MAX, BirthCertificate, IPAddress, SigAlg
+from .controller import cli as controller_cli
 from .errors import ConfigError, DecodeError, KeyFileError, RebootCertError, UsageError
 from .xdp import cli as xdp_cli
 
@@ -377,6 +378,7 @@ REGISTRARS: list[Callable[[SubParsers], None]] = [
     register_peers,
     xdp_cli.register,
     doctor.register,
+    controller_cli.register,
 ]
 
 
