@@ -49,6 +49,13 @@ BACKENDS: tuple[Backend, ...] = ("strongswan", "libreswan", "command", "none")
 #: Placeholders a renegotiation command may use; see :func:`expand_command`.
 COMMAND_PLACEHOLDERS = frozenset({"peer", "address", "ike"})
 
+#: ``[controller]`` defaults (seconds); see :class:`ControllerConfig`.
+DEFAULT_ANNOUNCE_INTERVAL_S = 10.0
+DEFAULT_BACKEND_TIMEOUT_S = 30.0
+DEFAULT_RESYNC_INTERVAL_S = 60.0
+MAX_INTERVAL_S = 86_400
+MAX_BACKEND_TIMEOUT_S = 3_600
+
 MAX_RATE = 1_000_000  # per second; far above any sane setting, keeps XDP's u64 math safe
 MAX_CLOCK_SKEW_S = 86_400
 PEER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-@:")
@@ -151,6 +158,23 @@ class RenegotiateConfig:
 
 
 @dataclass(frozen=True)
+class ControllerConfig:
+    """Timers of ``rebootcert run``.
+
+    ``announce_interval_s``: at most one announce per peer per this many seconds (a
+    rekey or a connection with several child SAs creates a burst of new SAs; 0: one per
+    new SA). ``backend_timeout_s``: how long one step of a renegotiation may take (a VICI
+    request, an ``ipsec`` or ``renegotiate.command`` run). ``resync_interval_s``: how
+    often the daemon dumps every SA and re-reads the local addresses, as a safety net
+    under the XFRM events.
+    """
+
+    announce_interval_s: float = DEFAULT_ANNOUNCE_INTERVAL_S
+    backend_timeout_s: float = DEFAULT_BACKEND_TIMEOUT_S
+    resync_interval_s: float = DEFAULT_RESYNC_INTERVAL_S
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint: off by default, loopback only by default."""
 
@@ -176,6 +200,7 @@ class Config:
     xdp: XdpConfig = field(default_factory=XdpConfig)
     renegotiate: RenegotiateConfig = field(default_factory=RenegotiateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     @cached_property
     def _by_address(self) -> dict[IPAddress, PeerConfig]:
@@ -542,6 +567,26 @@ def _renegotiate(top: _Table) -> RenegotiateConfig:
     return reneg
 
 
+# (low, low is exclusive?, high) for each key of [controller]
+_CONTROLLER_SPECS: dict[str, tuple[float, bool, float]] = {
+    "announce_interval_s": (0.0, False, float(MAX_INTERVAL_S)),
+    "backend_timeout_s": (0.0, True, float(MAX_BACKEND_TIMEOUT_S)),
+    "resync_interval_s": (1.0, False, float(MAX_INTERVAL_S)),
+}
+
+
+def _controller(top: _Table) -> ControllerConfig:
+    t = top.table("controller")
+    defaults = ControllerConfig()
+    values: dict[str, float] = {}
+    for name, (low, open_low, high) in _CONTROLLER_SPECS.items():
+        default = getattr(defaults, name)
+        value = t.number(name, default, integer=False, low=low, high=high, open_low=open_low)
+        values[name] = float(value)
+    t.finish()
+    return ControllerConfig(**values)
+
+
 def _listen(ctx: _Ctx, key: str, value: object) -> str:
     text = _nonempty(ctx, key, value)
     host, sep, port = text.rpartition(":")
@@ -597,6 +642,7 @@ def parse_config(text: str, *, base_dir: Path, source: str = "<config>") -> Conf
         xdp=_xdp(top),
         renegotiate=_renegotiate(top),
         metrics=_metrics(top),
+        controller=_controller(top),
     )
     top.finish()
     return config

@@ -19,7 +19,7 @@ from pyrebootcert.crypto import sign_certificate
 from pyrebootcert.wire import Announce, BadSpi
 from pyrebootcert.xdp import abi
 from pyrebootcert.xdp.loader import ClassifierConfig
-from pyrebootcert.xfrm import EncapInfo, SaInfo
+from pyrebootcert.xfrm import EncapInfo, SaInfo, XfrmEvent
 
 LOCAL4 = ipaddress.ip_address("192.0.2.1")
 LOCAL6 = ipaddress.ip_address("2001:db8::1")
@@ -309,3 +309,32 @@ class RecordingRunner:
 
     def submit(self, peer: PeerConfig, address: IPAddress) -> None:
         self.submitted.append((peer.name, address))
+
+
+class FakeEvents:
+    """XFRM notifications through a real socket pair."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self.pending: list[XfrmEvent] = []
+
+    def push(self, *events: XfrmEvent) -> None:
+        self.pending.extend(events)
+        self._w.send(b"!")
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def read(self) -> list[XfrmEvent]:
+        try:
+            while self._r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        out, self.pending = self.pending, []
+        return out
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pyrebootcert.config import (
     DEFAULT_CONFIG_PATH,
     Config,
+    ControllerConfig,
     Limits,
     LocalConfig,
     MetricsConfig,
@@ -58,15 +59,17 @@ def test_example_parses_with_every_section_set() -> None:
 
 
 def test_example_documents_every_key_with_its_default() -> None:
-    """The example sets each [limits]/[xdp]/[renegotiate]/[metrics] key to its default,
-    so the documentation cannot drift from the code."""
+    """The example sets each [limits]/[xdp]/[renegotiate]/[metrics]/[controller] key to its
+    default, so the documentation cannot drift from the code."""
     cfg = load_config(EXAMPLE)
     assert cfg.limits == Limits()
     assert cfg.xdp == XdpConfig()
     assert cfg.renegotiate == RenegotiateConfig()
     assert cfg.metrics == MetricsConfig()
+    assert cfg.controller == ControllerConfig()
     text = EXAMPLE.read_text()
-    for section in (Limits, XdpConfig, RenegotiateConfig, MetricsConfig, LocalConfig):
+    sections = (Limits, XdpConfig, RenegotiateConfig, MetricsConfig, ControllerConfig, LocalConfig)
+    for section in sections:
         for f in fields(section):
             assert f"\n{f.name} = " in text, f"{section.__name__}.{f.name} not in the example"
 
@@ -80,6 +83,11 @@ def test_empty_file_gives_defaults() -> None:
     assert cfg.limits.clock_skew_ns == 30_000_000_000
     assert cfg.renegotiate.backend == "none"
     assert cfg.metrics.enabled is False
+    assert (
+        cfg.controller.announce_interval_s,
+        cfg.controller.backend_timeout_s,
+        cfg.controller.resync_interval_s,
+    ) == (10.0, 30.0, 60.0)
     assert Path("/etc/rebootcert/config.toml") == DEFAULT_CONFIG_PATH
 
 
@@ -110,6 +118,7 @@ def test_values_are_typed() -> None:
         '[renegotiate]\nbackend = "command"\ncommand = ["/bin/x", "{peer}", "{address}"]\n'
         "delete_policies = true\n"
         '[metrics]\nenabled = true\nlisten = "[::1]:9100"\n'
+        "[controller]\nannounce_interval_s = 0\nbackend_timeout_s = 2.5\nresync_interval_s = 5\n"
     )
     assert cfg.limits.verify_per_peer_per_s == 2.0
     assert isinstance(cfg.limits.verify_per_peer_per_s, float)
@@ -119,6 +128,10 @@ def test_values_are_typed() -> None:
     assert cfg.renegotiate.delete_policies is True
     assert (cfg.metrics.host, cfg.metrics.port) == ("::1", 9100)
     assert (MetricsConfig().host, MetricsConfig().port) == ("127.0.0.1", 9469)
+    assert cfg.controller == ControllerConfig(
+        announce_interval_s=0.0, backend_timeout_s=2.5, resync_interval_s=5.0
+    )
+    assert isinstance(cfg.controller.resync_interval_s, float)
 
 
 def test_peer_lookup() -> None:
@@ -246,6 +259,15 @@ ERRORS: list[tuple[str, str, str]] = [
     ("[metrics]\nlisten = '127.0.0.1:0'\n", "metrics.listen", "not ADDRESS:PORT"),
     ("[metrics]\nlisten = '127.0.0.1'\n", "metrics.listen", "not ADDRESS:PORT"),
     ("[metrics]\nport = 1\n", "metrics.port", "unknown key"),
+    ("controller = 1\n", "controller", "expected a table, got an integer"),
+    ("[controller]\nannounce_interval_s = -1\n", "controller.announce_interval_s", "range"),
+    ("[controller]\nannounce_interval_s = 1e6\n", "controller.announce_interval_s", "range"),
+    ("[controller]\nbackend_timeout_s = 0\n", "controller.backend_timeout_s", "must be > 0"),
+    ("[controller]\nbackend_timeout_s = 4000\n", "controller.backend_timeout_s", "range"),
+    ("[controller]\nbackend_timeout_s = '30'\n", "controller.backend_timeout_s", "a string"),
+    ("[controller]\nresync_interval_s = 0.5\n", "controller.resync_interval_s", "must be >= 1"),
+    ("[controller]\nresync_interval_s = nan\n", "controller.resync_interval_s", "not a finite"),
+    ("[controller]\nresync_interval = 60\n", "controller.resync_interval", "did you mean"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from controller_fakes import (
 from controller_fakes import sa as make_sa
 
 from pyrebootcert.cert import BirthCertificate
-from pyrebootcert.config import Config, PeerConfig
+from pyrebootcert.config import Config, ControllerConfig, PeerConfig
 from pyrebootcert.controller.announcer import Announcer
 from pyrebootcert.crypto import Ed25519PrivateKey, PrivateKey
 from pyrebootcert.wire import Announce
@@ -72,6 +73,25 @@ def test_once_per_burst_then_again_later(cert: BirthCertificate) -> None:
     clock.advance(60)  # the next rekey is news again
     announcer.on_events([SaEvent("new", make_sa(LOCAL4, PEER4, 0x300))], LOCAL)
     assert len(sender.sent) == 2
+
+
+def test_interval_comes_from_the_configuration(cert: BirthCertificate) -> None:
+    announcer, sender, clock, _ = make(cert)
+    short = dataclasses.replace(
+        announcer.config, controller=ControllerConfig(announce_interval_s=2.0)
+    )
+    announcer.reload(cert, short)
+    announcer.on_events([SaEvent("new", make_sa(LOCAL4, PEER4, 0x100))], LOCAL)
+    clock.advance(1.5)
+    announcer.on_events([SaEvent("new", make_sa(LOCAL4, PEER4, 0x200))], LOCAL)
+    assert len(sender.sent) == 1  # within 2 s
+    clock.advance(1)
+    announcer.on_events([SaEvent("new", make_sa(LOCAL4, PEER4, 0x300))], LOCAL)
+    assert len(sender.sent) == 2  # 2.5 s later: past the configured 2 s, well inside 10 s
+    every = dataclasses.replace(short, controller=ControllerConfig(announce_interval_s=0.0))
+    announcer.reload(cert, every)
+    announcer.on_events([SaEvent("new", make_sa(LOCAL4, PEER4, 0x400))], LOCAL)
+    assert len(sender.sent) == 3  # 0: every new SA
 
 
 def test_ipv6_peer_and_start_up_sweep(cert: BirthCertificate) -> None:

@@ -14,6 +14,7 @@ from controller_fakes import PEER4, PEER4B, FakeBackend, ip
 
 from pyrebootcert.config import (
     Config,
+    ControllerConfig,
     PeerConfig,
     PeerRenegotiate,
     RenegotiateConfig,
@@ -135,8 +136,8 @@ def test_strongswan_terminates_the_peers_ike_sas_and_reinitiates_their_children(
     )
     summary = strongswan(monkeypatch, vici).renegotiate(peer(), PEER4)
     assert vici.calls == [
-        ("terminate", {"ike-id": "7", "force": "yes", "timeout": 5000}),
-        ("terminate", {"ike-id": "8", "force": "yes", "timeout": 5000}),
+        ("terminate", {"ike-id": "7", "force": "yes"}),
+        ("terminate", {"ike-id": "8", "force": "yes"}),
         ("initiate", {"ike": "site-b", "child": "net1", "timeout": 5000}),
         ("initiate", {"ike": "site-b", "child": "net2", "timeout": 5000}),
         ("initiate", {"ike": "site-b6", "child": "net1", "timeout": 5000}),
@@ -171,6 +172,20 @@ def test_make_backend() -> None:
     )
     with pytest.raises(ConfigError, match=r"renegotiate\.command"):
         make_backend(Config(renegotiate=RenegotiateConfig(backend="command")))
+
+
+def test_make_backend_takes_the_configured_timeout() -> None:
+    timers = ControllerConfig(backend_timeout_s=2.5)
+    for reneg in (
+        RenegotiateConfig(backend="strongswan"),
+        RenegotiateConfig(backend="libreswan"),
+        RenegotiateConfig(backend="command", command=("/bin/true",)),
+    ):
+        backend = make_backend(Config(renegotiate=reneg, controller=timers))
+        assert isinstance(backend, StrongSwanBackend | LibreswanBackend | CommandBackend)
+        assert backend.timeout_s == 2.5
+    default = make_backend(Config(renegotiate=RenegotiateConfig(backend="libreswan")))
+    assert isinstance(default, LibreswanBackend) and default.timeout_s == 30.0
 
 
 def test_runners_hand_back_results() -> None:

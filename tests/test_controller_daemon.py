@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from controller_fakes import (
     LOCAL4,
     PEER4,
     FakeClassifier,
+    FakeEvents,
     FakeSender,
     FakeXfrm,
     announce_packet,
@@ -43,36 +43,7 @@ from pyrebootcert.controller.ports import Backend
 from pyrebootcert.crypto import Ed25519PrivateKey, PrivateKey, public_key_pem, sign_certificate
 from pyrebootcert.errors import StateError
 from pyrebootcert.wire import Announce, BadSpi
-from pyrebootcert.xfrm import SaEvent, XfrmEvent
-
-
-class FakeEvents:
-    """XFRM notifications through a real socket pair."""
-
-    def __init__(self) -> None:
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-        self.pending: list[XfrmEvent] = []
-
-    def push(self, *events: XfrmEvent) -> None:
-        self.pending.extend(events)
-        self._w.send(b"!")
-
-    def fileno(self) -> int:
-        return self._r.fileno()
-
-    def read(self) -> list[XfrmEvent]:
-        try:
-            while self._r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-        out, self.pending = self.pending, []
-        return out
-
-    def close(self) -> None:
-        self._r.close()
-        self._w.close()
+from pyrebootcert.xfrm import SaEvent
 
 
 class FakeKernel:

@@ -96,3 +96,41 @@ def test_new_local_address_makes_its_sas_inbound() -> None:
     view.set_local_addresses(LOCAL)
     assert clf.markers == LOCAL
     assert clf.sas == {(LOCAL4, 0x100), (LOCAL6, 0x200)}
+
+
+def test_a_flush_read_late_dumps_instead_of_clearing() -> None:
+    """FLUSHSA is an event like the others: by the time it is read, SAs may have been
+    created after it (their NEWSA still queued behind it, or not broadcast at all, as
+    ALLOCSPI's larval SAs are not). Clearing the view would make us answer those peers'
+    ESP with Bad SPI; a dump keeps them."""
+    clf = FakeClassifier()
+    old = sa(PEER4, LOCAL4, 0x100)
+    xfrm = FakeXfrm([old])
+    view = SaSync(clf, xfrm, ())
+    view.set_local_addresses(LOCAL)
+    # flush, then a larval SA (ALLOCSPI: no event) and a new SA whose NEWSA is queued
+    larval, fresh = sa(PEER6, LOCAL6, 0x200), sa(PEER4, LOCAL4, 0x300)
+    xfrm.sas = [larval, fresh]
+    assert view.apply([SaFlushed(proto=0), SaEvent("new", fresh)]) is True
+    assert clf.sas == view.keys() == {(LOCAL6, 0x200), (LOCAL4, 0x300)}
+    # a flush of another protocol (AH) leaves our ESP SAs in place
+    assert view.apply([SaFlushed(proto=51)]) is True
+    assert clf.sas == {(LOCAL6, 0x200), (LOCAL4, 0x300)}
+    # later events still apply to the dumped view
+    view.apply([SaEvent("delete", fresh)])
+    assert clf.sas == view.keys() == {(LOCAL6, 0x200)}
+
+
+def test_prepare_changes_nothing_until_installed() -> None:
+    clf = FakeClassifier()
+    xfrm = FakeXfrm([sa(PEER4, LOCAL4, 0x100), sa(PEER6, LOCAL6, 0x200)])
+    view = SaSync(clf, xfrm, ())
+    view.set_local_addresses({LOCAL4})
+    before = (set(clf.markers), set(clf.sas), view.local_addresses, view.keys())
+    staged = view.prepare(LOCAL)
+    assert staged.keys() == {(LOCAL4, 0x100), (LOCAL6, 0x200)}
+    assert (set(clf.markers), set(clf.sas), view.local_addresses, view.keys()) == before
+    view.install(staged)
+    assert clf.markers == LOCAL and clf.sas == view.keys() == staged.keys()
+    view.install(view.view())  # installing the present view is a no-op
+    assert clf.sas == staged.keys()

@@ -5,7 +5,7 @@ cheaply (old news) and never needs a Bad SPI to learn it. We announce when an ou
 SA from one of our addresses to a configured peer address is created (XFRM NEWSA), and
 once at start-up for every peer we already hold an outbound SA to. A rekey or a
 connection with several child SAs creates a burst of SAs: at most one announce per peer
-per :data:`MIN_INTERVAL_S`.
+per ``[controller] announce_interval_s`` (default :data:`MIN_INTERVAL_S`).
 
 Receiving announces is the verifier's job (policy reason ``accept_announce``).
 """
@@ -17,14 +17,14 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 
 from ..cert import BirthCertificate, IPAddress
-from ..config import Config
+from ..config import DEFAULT_ANNOUNCE_INTERVAL_S, Config
 from ..wire import Announce
 from ..xfrm import IPPROTO_ESP, SaEvent, SaInfo, XfrmEvent
 from .ports import Clock, SenderPort
 
 log = logging.getLogger(__name__)
 
-MIN_INTERVAL_S = 10.0
+MIN_INTERVAL_S = DEFAULT_ANNOUNCE_INTERVAL_S
 
 
 class Announcer:
@@ -37,15 +37,12 @@ class Announcer:
         config: Config,
         clock: Clock,
         counters: Counter[str],
-        *,
-        min_interval_s: float = MIN_INTERVAL_S,
     ) -> None:
         self._sender = sender
         self._clock = clock
         self.counters = counters
         self.certificate = certificate
         self.config = config
-        self._min_interval_ns = int(min_interval_s * 1e9)
         self._last_ns: dict[str, int] = {}
 
     def reload(self, certificate: BirthCertificate, config: Config) -> None:
@@ -75,7 +72,8 @@ class Announcer:
     def _announce(self, peer: str, src: IPAddress, dst: IPAddress) -> bool:
         now = self._clock.monotonic_ns()
         last = self._last_ns.get(peer)
-        if last is not None and now - last < self._min_interval_ns:
+        min_interval_ns = round(self.config.controller.announce_interval_s * 1e9)
+        if last is not None and now - last < min_interval_ns:
             self.counters["announce_suppressed"] += 1
             return False
         self._last_ns[peer] = now

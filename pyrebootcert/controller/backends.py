@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from ..cert import IPAddress
-from ..config import Config, PeerConfig, expand_command
+from ..config import DEFAULT_BACKEND_TIMEOUT_S, Config, PeerConfig, expand_command
 from ..errors import ConfigError, RebootCertError
 from .ports import Backend
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_S = 30.0
+TIMEOUT_S = DEFAULT_BACKEND_TIMEOUT_S  # [controller] backend_timeout_s
 
 
 class BackendError(RebootCertError):
@@ -182,7 +182,9 @@ class StrongSwanBackend:
             with self._session() as s:
                 found = self.ike_sas_with(s, peer)
                 for uid in found:
-                    for _ in s.terminate({"ike-id": uid, "force": "yes", "timeout": ms}):
+                    # force without timeout: charon would wait "timeout" for the rebooted peer's
+                    # DELETE response (which never comes) before forcing
+                    for _ in s.terminate({"ike-id": uid, "force": "yes"}):
                         pass
                 reneg = peer.renegotiate
                 todo: list[dict[str, str]] = []
@@ -213,18 +215,19 @@ class StrongSwanBackend:
 
 
 def make_backend(config: Config) -> Backend:
-    """The configured backend."""
+    """The configured backend (each step bounded by ``[controller] backend_timeout_s``)."""
     reneg = config.renegotiate
+    timeout_s = config.controller.backend_timeout_s
     if reneg.backend == "strongswan":
-        return StrongSwanBackend(reneg.vici_socket)
+        return StrongSwanBackend(reneg.vici_socket, timeout_s=timeout_s)
     if reneg.backend == "libreswan":
-        return LibreswanBackend()
+        return LibreswanBackend(timeout_s=timeout_s)
     if reneg.backend == "command":
         if not reneg.command and not any(
             p.renegotiate is not None and p.renegotiate.command for p in config.peers
         ):
             raise ConfigError('renegotiate.command: required with backend = "command"')
-        return CommandBackend(reneg.command)
+        return CommandBackend(reneg.command, timeout_s=timeout_s)
     return NoneBackend()
 
 

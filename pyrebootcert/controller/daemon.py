@@ -12,11 +12,12 @@ already hold SAs with.
 The loop (:mod:`selectors`, no busy polling) waits on the ring buffers' epoll fds, the XFRM
 event socket, the renegotiation results and a signal self-pipe, with a timeout at the next
 timer: the status file every :data:`STATUS_INTERVAL_S` (and after each decision), and a
-full SA resync every :data:`RESYNC_INTERVAL_S` as a safety net.
+full SA resync every ``[controller] resync_interval_s`` (default 60 s) as a safety net.
 
-Signals: SIGTERM / SIGINT detach and exit 0; SIGHUP reloads peers, limits, the
-certificate and the backend without detaching (a bad new configuration is logged and the
-old one kept; interfaces, XDP mode and the state directory need a restart).
+Signals: SIGTERM / SIGINT detach and exit 0; SIGHUP reloads peers, limits, timers, the
+certificate and the backend without detaching; interfaces, XDP mode, the state directory
+and metrics need a restart. A reload is all or nothing (:meth:`Controller.reload`): a bad
+new configuration, or a kernel error while applying it, leaves the old one in force.
 
 The kernel is reached only through a :class:`Kernel` factory, which tests replace.
 """
@@ -43,7 +44,7 @@ from typing import Any, Protocol, TextIO
 
 from .. import __version__
 from ..cert import BirthCertificate, IPAddress
-from ..config import Config, MetricsConfig, load_config
+from ..config import DEFAULT_RESYNC_INTERVAL_S, Config, MetricsConfig, load_config
 from ..crypto import TrustAnchor, load_trust_anchor
 from ..errors import ConfigError, RebootCertError, StateError
 from ..fsutil import ensure_dir
@@ -55,7 +56,7 @@ from .announcer import Announcer
 from .backends import RenegotiationResult, make_backend
 from .ports import Backend, ClassifierPort, Clock, SenderPort, SystemClock, XfrmPort
 from .responder import Responder, check_certificate_fits, read_certificate
-from .sasync import SaSync
+from .sasync import SaSync, SaView
 from .verifier import DecisionLog, NotificationVerifier, RecordStore, iso_ns, newest_record
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 LOCK_FILE = "daemon.lock"
 STATUS_INTERVAL_S = 1.0
-RESYNC_INTERVAL_S = 60.0
+RESYNC_INTERVAL_S = DEFAULT_RESYNC_INTERVAL_S  # [controller] resync_interval_s
 STATUS_VERSION = 1
 XFRM_RCVBUF = 4 << 20
 
@@ -191,6 +192,27 @@ class RealKernel:
 # ---- the controller: the daemon's state, no kernel I/O of its own ------------------------
 
 
+@dataclass(frozen=True)
+class KernelState:
+    """What the controller writes into the classifier besides single SA events."""
+
+    xdp: ClassifierConfig
+    view: SaView
+    peer_boots: dict[IPAddress, int]
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """A reload, fully prepared: nothing of it is in force yet."""
+
+    loaded: Loaded
+    backend: Backend
+    responder: Responder
+    verifier: NotificationVerifier
+    new: KernelState
+    old: KernelState
+
+
 @dataclass
 class Controller:
     """Everything the loop dispatches to. Built by :class:`Daemon`; tests build it with fakes."""
@@ -221,9 +243,15 @@ class Controller:
         self.announcer = Announcer(
             self.sender, self.loaded.certificate, cfg, self.clock, self.counters
         )
-        self.verifier = NotificationVerifier(
-            cfg,
-            self.loaded.anchors,
+        self.verifier = self._make_verifier(self.loaded)
+        #: a reload failed and could not put the classifier back either: the next resync
+        #: writes all of it again (the daemon runs one at once)
+        self.repair_pending = False
+
+    def _make_verifier(self, loaded: Loaded) -> NotificationVerifier:
+        return NotificationVerifier(
+            loaded.config,
+            loaded.anchors,
             classifier=self.classifier,
             xfrm=self.xfrm,
             store=self.store,
@@ -252,14 +280,19 @@ class Controller:
             len(self.config.peers),
         )
 
-    def sync_peer_boots(self) -> None:
-        """Old-news map := newest recorded boot (0 if none) for every configured address."""
+    def peer_boots(self, config: Config) -> dict[IPAddress, int]:
+        """Newest recorded boot (0 if none) of every address ``config`` has a peer for.
+        StateError if the records cannot be read."""
         boots: dict[IPAddress, int] = {}
-        for peer in self.config.peers:
+        for peer in config.peers:
             rec = newest_record(self.store, peer)
             for addr in peer.addresses:
                 boots[addr] = rec.boot_number if rec is not None else 0
-        self.classifier.sync_peer_boots(boots)
+        return boots
+
+    def sync_peer_boots(self) -> None:
+        """Old-news map := :meth:`peer_boots` of the running configuration."""
+        self.classifier.sync_peer_boots(self.peer_boots(self.config))
 
     # -- events
 
@@ -294,17 +327,33 @@ class Controller:
         return len(done)
 
     def resync(self) -> None:
-        """The safety net: fresh local addresses and a full SA dump."""
+        """The safety net: fresh local addresses and a full SA dump (markers included).
+        After a reload that could not put the classifier back, its configuration and
+        old-news map are written again too."""
         local = self.local_addresses_of(self.config)
         if local != self.sasync.local_addresses:
             log.info("local addresses changed: %s", ", ".join(sorted(map(str, local))))
-            self.sasync.set_local_addresses(local)
-        else:
-            self.sasync.full_sync()
+        if self.repair_pending:
+            self.classifier.set_config(ClassifierConfig.from_config(self.config))
+            self.sync_peer_boots()
+        self.sasync.set_local_addresses(local)
+        if self.repair_pending:
+            log.info("classifier repaired after the failed reload")
+            self.repair_pending = False
         self.counters["sa_resyncs"] += 1
 
+    # -- reload: prepare everything, then write the kernel, then swap
+
     def reload(self, loaded: Loaded) -> None:
-        """Apply a new configuration; raises (changing nothing) if it cannot be used."""
+        """Apply a new configuration, all or nothing.
+
+        :meth:`prepare_reload` does everything that can fail (the backend, the classifier
+        configuration, the local addresses, the certificate's size, the SA dump, the peer
+        records) without changing anything; then the classifier's maps are written, and
+        written back as they were if one write fails; only then are the in-memory parts
+        swapped (assignments, which cannot fail). On RebootCertError the old
+        configuration is in force, completely.
+        """
         old, new = self.config, loaded.config
         for what, a, b in (
             ("local.interfaces", old.local.interfaces, new.local.interfaces),
@@ -314,20 +363,59 @@ class Controller:
         ):
             if a != b:
                 log.warning("%s changed: takes effect at the next restart", what)
+        plan = self.prepare_reload(loaded)
+        self._write_kernel_or_restore(plan)
+        self.loaded = plan.loaded
+        self.runner.backend = plan.backend
+        self.responder = plan.responder
+        self.verifier = plan.verifier
+        self.announcer.reload(plan.loaded.certificate, plan.loaded.config)
+        self.counters["reloads"] += 1
+
+    def prepare_reload(self, loaded: Loaded) -> ReloadPlan:
+        """Everything a reload needs, read and built; changes nothing. RebootCertError."""
+        new = loaded.config
         backend = make_backend(new)
         xdp_config = ClassifierConfig.from_config(new)
         local = self.local_addresses_of(new)
         check_certificate_fits(loaded.certificate, address_families(local))
-        # nothing below should fail on a configuration problem
-        self.loaded = loaded
-        self.classifier.set_config(xdp_config)
-        self.runner.backend = backend
-        self.responder.reload(loaded.certificate, new.limits, new.xdp.encap_port)
-        self.announcer.reload(loaded.certificate, new)
-        self.verifier.reload(new, loaded.anchors)
-        self.sasync.set_local_addresses(local)
-        self.sync_peer_boots()
-        self.counters["reloads"] += 1
+        responder = Responder(
+            self.sender,
+            loaded.certificate,
+            new.limits,
+            self.clock,
+            self.counters,
+            encap_port=new.xdp.encap_port,
+        )
+        verifier = self._make_verifier(loaded)
+        old_state = KernelState(
+            ClassifierConfig.from_config(self.config),
+            self.sasync.view(),
+            self.peer_boots(self.config),
+        )
+        new_state = KernelState(xdp_config, self.sasync.prepare(local), self.peer_boots(new))
+        return ReloadPlan(loaded, backend, responder, verifier, new_state, old_state)
+
+    def _write_kernel(self, state: KernelState) -> None:
+        self.classifier.set_config(state.xdp)
+        self.sasync.install(state.view)
+        self.classifier.sync_peer_boots(state.peer_boots)
+
+    def _write_kernel_or_restore(self, plan: ReloadPlan) -> None:
+        try:
+            self._write_kernel(plan.new)
+        except BaseException:
+            try:
+                self._write_kernel(plan.old)
+            except Exception as e:
+                self.sasync.adopt(plan.old.view)  # the maps are repaired from it
+                self.repair_pending = True
+                log.error(
+                    "putting the classifier back after a failed reload failed too (%s); "
+                    "the next resync repairs it",
+                    e,
+                )
+            raise
 
     # -- status
 
@@ -523,6 +611,7 @@ class Daemon:
         self._snapshot: dict[str, Any] = {}
         self._status_path: Path | None = None
         self._metrics_server: Any = None
+        self._reloaded = False
 
     # -- signals
 
@@ -631,9 +720,15 @@ class Daemon:
                 sel.register(runner_fd, selectors.EVENT_READ, "runner")
             now = self._now()
             next_status = now + STATUS_INTERVAL_S
-            next_resync = now + RESYNC_INTERVAL_S
+            next_resync = now + ctrl.config.controller.resync_interval_s
             # pending signals first: also those that arrived while starting
             while not self._handle_signals(ctrl, sig_fd):
+                if self._reloaded:  # a new interval counts from now, if that is sooner
+                    interval = ctrl.config.controller.resync_interval_s
+                    next_resync = min(next_resync, self._now() + interval)
+                    if ctrl.repair_pending:  # once; if it fails, at the normal interval
+                        next_resync = self._now()
+                    self._reloaded = False
                 timeout = max(0.0, min(next_status, next_resync) - self._now())
                 ready = {key.data for key, _ in sel.select(timeout)}
                 write_now = False
@@ -647,7 +742,7 @@ class Daemon:
                 now = self._now()
                 if now >= next_resync:
                     self._guard("periodic resync", ctrl.resync)
-                    next_resync = now + RESYNC_INTERVAL_S
+                    next_resync = now + ctrl.config.controller.resync_interval_s
                 if write_now or now >= next_status:
                     self._write_status()
                     next_status = now + STATUS_INTERVAL_S
@@ -688,6 +783,7 @@ class Daemon:
 
     def reload(self, ctrl: Controller) -> bool:
         """SIGHUP: True if the new configuration is in force."""
+        self._reloaded = True
         try:
             ctrl.reload(load_all(self.config_path))
         except RebootCertError as e:

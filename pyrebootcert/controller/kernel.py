@@ -10,6 +10,7 @@ leaves its program attached) and refuses to touch anyone else's.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -19,6 +20,8 @@ from ..xdp import abi
 from ..xdp.loader import Classifier, ClassifierConfig, Mode
 from .ports import SaKey
 
+log = logging.getLogger(__name__)
+
 
 class XdpClassifiers:
     """The classifier attached to each of ``interfaces``; map writes go to all of them."""
@@ -27,7 +30,10 @@ class XdpClassifiers:
         self._clfs: list[Classifier] = []
         try:
             for ifname in interfaces:
-                self._clfs.append(Classifier(ifname, mode=mode, config=config))
+                log.debug("compiling and loading the classifier for %s", ifname)
+                clf = Classifier(ifname, mode=mode, config=config)
+                self._clfs.append(clf)
+                log.info("classifier attached to %s (%s)", ifname, clf.attached_mode)
         except BaseException:
             self.close()
             raise

@@ -15,7 +15,9 @@ answer a live peer's ESP with Bad SPI, so SAs are tracked by their kernel identi
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from ..cert import IPAddress
 from ..policy import OutboundSa
@@ -63,8 +65,26 @@ def outbound_sas(
     ]
 
 
+@dataclass(frozen=True)
+class SaView:
+    """What the classifier should hold: local addresses (markers) and the inbound SAs by
+    kernel identity. ``sas`` is the dump it came from (empty for a view of the present)."""
+
+    local: frozenset[IPAddress]
+    ids: Mapping[SaIdentity, SaKey]
+    sas: Sequence[SaInfo] = ()
+
+    def keys(self) -> set[SaKey]:
+        return set(self.ids.values())
+
+
 class SaSync:
-    """Mirrors the kernel's inbound SAs into the classifier."""
+    """Mirrors the kernel's inbound SAs into the classifier.
+
+    A change of view is two steps, so a caller can prepare several changes and commit
+    them together: :meth:`prepare` dumps (and may fail) without touching anything,
+    :meth:`install` writes the classifier and then adopts the view.
+    """
 
     def __init__(
         self,
@@ -76,6 +96,7 @@ class SaSync:
         self._xfrm = xfrm
         self._local: frozenset[IPAddress] = frozenset(local_addresses)
         self._ids: dict[SaIdentity, SaKey] = {}
+        self._refs: Counter[SaKey] = Counter()  # identities per key
         self.full_syncs = 0
         self.events_applied = 0
 
@@ -85,43 +106,82 @@ class SaSync:
 
     def keys(self) -> set[SaKey]:
         """The known_sas entries the classifier holds now (by our account)."""
-        return set(self._ids.values())
+        return set(self._refs)
 
-    def set_local_addresses(self, addresses: Iterable[IPAddress]) -> list[SaInfo]:
-        """New local addresses: new markers, then a full sync (which SAs are inbound changed)."""
-        self._local = frozenset(addresses)
-        self._classifier.sync_local_addresses(self._local)
-        return self.full_sync()
+    def view(self) -> SaView:
+        """The present view (to go back to if a change fails half-way)."""
+        return SaView(self._local, dict(self._ids))
 
-    def full_sync(self) -> list[SaInfo]:
-        """Dump every SA and make the classifier's entries equal to the inbound ones.
+    def prepare(self, local_addresses: Iterable[IPAddress] | None = None) -> SaView:
+        """Dump every SA and compute the view for ``local_addresses`` (default: the
+        present ones). Changes nothing; XfrmError propagates."""
+        local = self._local if local_addresses is None else frozenset(local_addresses)
+        sas = self._xfrm.dump_sas(local)
+        ids = {identity(sa): (sa.dst, sa.spi) for sa in sas if is_inbound(sa, local)}
+        return SaView(local, ids, sas)
+
+    def install(self, view: SaView) -> None:
+        """Make the classifier's markers and entries those of ``view``, then adopt it.
+
+        If the classifier fails, this object keeps its previous view (the classifier may
+        be half-way: installing the previous view again, or the next full sync, repairs it).
+        """
+        self._classifier.sync_local_addresses(view.local)
+        self._classifier.sync_sas(view.keys())
+        self.adopt(view)
+
+    def adopt(self, view: SaView) -> None:
+        """Take ``view`` as ours without writing the classifier (after a failed write,
+        until a full sync makes the classifier match again)."""
+        self._local = view.local
+        self._ids = dict(view.ids)
+        self._refs = Counter(self._ids.values())
+
+    def set_local_addresses(self, addresses: Iterable[IPAddress]) -> Sequence[SaInfo]:
+        """New local addresses: new markers and a full sync (which SAs are inbound changed)."""
+        view = self.prepare(addresses)
+        self.install(view)
+        self.full_syncs += 1
+        return view.sas
+
+    def full_sync(self) -> Sequence[SaInfo]:
+        """Dump every SA and make the classifier's markers and entries match.
 
         Returns the dump (the announcer looks at it too). XfrmError propagates.
         """
-        sas = self._xfrm.dump_sas(self._local)
-        self._ids = {identity(sa): (sa.dst, sa.spi) for sa in sas if is_inbound(sa, self._local)}
-        self._classifier.sync_sas(self.keys())
-        self.full_syncs += 1
-        return sas
+        return self.set_local_addresses(self._local)
 
     def _add(self, sa: SaInfo) -> None:
         if not is_inbound(sa, self._local):
             return
-        key = (sa.dst, sa.spi)
-        if key not in self.keys():
+        ident, key = identity(sa), (sa.dst, sa.spi)
+        if ident in self._ids:
+            return
+        if not self._refs[key]:
             self._classifier.add_sa(*key)
-        self._ids[identity(sa)] = key
+        self._ids[ident] = key
+        self._refs[key] += 1
 
     def _remove(self, sa: SaInfo) -> None:
         key = self._ids.pop(identity(sa), None)
-        if key is not None and key not in self.keys():
+        if key is None:
+            return
+        self._refs[key] -= 1
+        if self._refs[key] <= 0:
+            del self._refs[key]
             self._classifier.remove_sa(*key)
 
     def apply(self, events: Sequence[XfrmEvent]) -> bool:
-        """Apply XFRM events; True if they called for (and got) a full dump."""
+        """Apply XFRM events; True if they called for (and got) a full dump.
+
+        A Resync or a FLUSHSA is answered with a dump, never by clearing the view: a
+        FLUSHSA read late (behind SAs created after it, or limited to one protocol) would
+        otherwise wipe SAs that exist. The dump is newer than every event read with it, so
+        the rest of the batch is already in it.
+        """
         for ev in events:
             if isinstance(ev, Resync | SaFlushed):
-                why = ev.reason if isinstance(ev, Resync) else "SAs were flushed"
+                why = ev.reason if isinstance(ev, Resync) else f"SAs flushed (proto {ev.proto})"
                 log.info("full SA resync: %s", why)
                 self.full_sync()
                 return True
