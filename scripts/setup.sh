@@ -3,6 +3,7 @@
 #
 #   scripts/setup.sh            install what is missing, then print a one-line summary
 #   scripts/setup.sh --check    only report what is missing (exit 1 if anything is)
+#   scripts/setup.sh --test     also what only the test suite uses (vagrant, for `vagrant validate`)
 #
 # What it does, in order (each step is skipped when already done):
 #   1. Debian packages: Python + venv, bcc (python3-bpfcc), kernel headers for bcc, and the
@@ -16,7 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CHECK_ONLY=0
-[ "${1:-}" = "--check" ] && CHECK_ONLY=1
+FOR_TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) CHECK_ONLY=1 ;;
+    --test) FOR_TESTS=1 ;;
+    *) echo "usage: $0 [--check] [--test]" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -54,7 +62,8 @@ LABK=${REBOOTCERT_LAB_KERNEL:-$(lab_kernel_version)}
 
 PKGS=(python3 python3-venv python3-pip python3-bpfcc iproute2 kmod iputils-ping tcpdump bpftool
       qemu-system-x86 busybox-static "linux-image-$LABK" "linux-headers-$LABK"
-      strongswan-charon strongswan-swanctl charon-systemd ruby)
+      strongswan-charon strongswan-swanctl charon-systemd ruby openssl)
+[ "$FOR_TESTS" = 1 ] && PKGS+=(vagrant)
 if [ ! -e "/lib/modules/$KREL/build" ] && apt_has "linux-headers-$KREL"; then
   PKGS+=("linux-headers-$KREL")   # a Debian host kernel: its own headers
 fi
