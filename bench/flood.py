@@ -34,8 +34,11 @@ core. Limits are the defaults of ``pyrebootcert/config.py`` (``Limits()``), as
 
 Reported per phase: packets/s classified (sum of the reason counters), counters by reason,
 events to user space per second (per 100 ms bin, and the largest count in any 1 s window,
-which must not exceed ``events_global_burst + events_global_per_s`` plus one per CPU),
-Bad SPI messages sent per second, consumer CPU %, and the genuine event latency.
+which must not exceed ``events_global_burst + events_global_per_s`` plus one per CPU, plus
+the peer lane: ``events_per_source_burst + events_per_source_per_s`` for each configured
+peer address, here one), how many events came from the peer (the peer lane, which does not
+spend the global budget: docs/classifier.md), Bad SPI messages sent per second, consumer
+CPU %, and the genuine event latency.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ GENUINE_SPI = 0xDEAD0000
 GENUINE_TIMEOUT_S = 2.0  # a trial without an event by then is a miss
 GENUINE_GAP_S = 0.25
 PEER_KNOWN_BOOT = 1 << 63  # random 64-bit boot numbers: about half are old news
+PEER_ADDRESSES = 1  # configured peer addresses in peer_boot: each has its own events lane
 BIN_S = 0.1
 CLONE_NEWNET = 0x40000000
 
@@ -224,6 +228,8 @@ class Consumer:
     not_esp: int = 0
     notif_decoded: int = 0
     notif_malformed: int = 0
+    peer_events: int = 0  # unknown-SPI events from the configured peer (the peer lane)
+    peer_badspi_limited: int = 0  # ... whose Bad SPI the send limiter refused
     genuine: dict[int, float] = field(default_factory=dict)  # SPI -> first event (monotonic s)
     t0_ns: int = 0
 
@@ -254,11 +260,14 @@ class Consumer:
             except DecodeError:
                 self.notif_malformed += 1
             return
-        if str(ev.saddr) == PEER_ADDR and ev.spi not in self.genuine:
-            self.genuine[ev.spi] = time.monotonic()
+        if str(ev.saddr) == PEER_ADDR:
+            self.peer_events += 1
+            if ev.spi not in self.genuine:
+                self.genuine[ev.spi] = time.monotonic()
         result, self.limiter = self.limiter.take(str(ev.saddr), time.monotonic_ns())
         if not result.allowed:
             self.badspi_limited += 1
+            self.peer_badspi_limited += str(ev.saddr) == PEER_ADDR
             return
         try:
             msg = BadSpi.for_packet(ev.data, self.cert)
@@ -303,7 +312,8 @@ def run_phase(
     consumer.reset_limiter()
     consumer.bins = {}
     consumer.badspi_sent = consumer.badspi_limited = consumer.not_esp = 0
-    consumer.notif_decoded = consumer.notif_malformed = 0
+    consumer.notif_decoded = consumer.notif_malformed = consumer.peer_events = 0
+    consumer.peer_badspi_limited = 0
     consumer.genuine = {}
     cfg = workdir / f"{kind}.cfg"
     cfg.write_text(trafgen_config(kind, topo, cert_frame))
@@ -388,10 +398,12 @@ def run_phase(
         "events": events,
         "events_per_s": round(events / elapsed, 1),
         "events_max_1s": max_1s,
+        "events_peer_lane": consumer.peer_events,
         "events_series_100ms": series,
         "badspi_sent": consumer.badspi_sent,
         "badspi_per_s": round(consumer.badspi_sent / elapsed, 1),
         "badspi_send_limited": consumer.badspi_limited,
+        "peer_badspi_send_limited": consumer.peer_badspi_limited,
         "notif_decoded": consumer.notif_decoded,
         "notif_rejected_malformed": consumer.notif_malformed,
         "consumer_cpu_pct": round(100 * cpu / elapsed, 1),
@@ -450,7 +462,11 @@ def run(seconds: float, genuine_pps: float, phases: list[str], mode: str) -> dic
             "notif_per_source_burst": limits.notif_per_source_burst,
             "badspi_global_per_s": limits.badspi_global_per_s,
             "badspi_global_burst": limits.badspi_global_burst,
-            "events_1s_bound": limits.events_global_burst + limits.events_global_per_s + ncpu,
+            "peer_addresses": PEER_ADDRESSES,
+            "events_1s_bound": limits.events_global_burst
+            + limits.events_global_per_s
+            + ncpu
+            + PEER_ADDRESSES * (limits.events_per_source_burst + limits.events_per_source_per_s),
         },
         "meta": {
             "xdp_mode": attached,

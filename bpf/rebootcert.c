@@ -25,7 +25,8 @@ BPF_HASH(known_sas, struct rc_sa_key, __u8, RC_MAX_SAS);
 /* Per-source token buckets; LRU so spoofed sources evict each other instead
  * of filling the table and making the limiter fail open. */
 BPF_TABLE("lru_hash", struct rc_addr, struct rc_bucket, limiter, RC_MAX_SOURCES);
-/* Newest verified boot number per configured peer (kind = 0). */
+/* Newest verified boot number per configured peer address (kind = 0; 0 until a
+ * boot is verified): the old-news prefilter, and the unknown-SPI peer lane. */
 BPF_HASH(peer_boot, struct rc_addr, __u64, RC_MAX_PEERS);
 /* Written by user space only. */
 BPF_ARRAY(config, struct rc_config, 1);
@@ -132,6 +133,16 @@ static __always_inline int limiter_take(struct rc_pkt *p, __u8 kind, __u64 now,
 	return ok;
 }
 
+/* peer_boot holds every configured peer address (boot 0 until one is verified). */
+static __always_inline __u64 *peer_lookup(struct rc_pkt *p)
+{
+	struct rc_addr key = {};
+
+	key.family = p->family;
+	copy_addr(key.addr, p->saddr, p->alen);
+	return peer_boot.lookup(&key);
+}
+
 static __always_inline int budget_take(__u64 now, struct rc_config *cfg)
 {
 	__u32 zero = 0;
@@ -182,8 +193,12 @@ static __always_inline int emit_event(struct xdp_md *ctx, struct rc_pkt *p, __u6
 	asm volatile("" : "+r"(len));
 	if (len > RC_EVENT_DATA_MAX)
 		len = RC_EVENT_DATA_MAX;
-	if (len < 1)
-		len = 1;
+	/* len in [1, RC_EVENT_DATA_MAX] by arithmetic every verifier tracks: 6.1 loses a
+	 * "len < 1" clamp ("R3 min value is outside of the allowed memory range"). The
+	 * maximum is a power of two; len 0 would become a full read that fails (len = 0). */
+	_Static_assert((RC_EVENT_DATA_MAX & (RC_EVENT_DATA_MAX - 1)) == 0,
+		       "RC_EVENT_DATA_MAX must be a power of two");
+	len = ((len - 1) & (RC_EVENT_DATA_MAX - 1)) + 1;
 	if (bpf_xdp_load_bytes(ctx, l3_off, ev->data, len) < 0)
 		len = 0; /* cannot happen: len <= bytes from l3 on */
 	ev->data_len = len;
@@ -303,7 +318,9 @@ spi_lookup:
 		reason = RC_UNKNOWN_RATE_LIMITED;
 		goto out;
 	}
-	if (!budget_take(now, cfg)) {
+	/* the peer lane: a configured peer is bounded by its own bucket above and does
+	 * not compete with spoofed sources for the global budget */
+	if (!peer_lookup(&p) && !budget_take(now, cfg)) {
 		reason = RC_UNKNOWN_BUDGET_EXHAUSTED;
 		goto out;
 	}
@@ -338,14 +355,11 @@ icmp:
 	}
 	action = XDP_DROP;
 	{
-		struct rc_addr peer = {};
 		__u64 *known_boot, boot;
 		__u8 *ext, *obj, *cert;
 		__u32 words;
 
-		peer.family = p.family;
-		copy_addr(peer.addr, p.saddr, p.alen);
-		known_boot = peer_boot.lookup(&peer);
+		known_boot = peer_lookup(&p);
 		if (!known_boot) {
 			reason = RC_NOTIF_UNKNOWN_PEER;
 			goto out;

@@ -18,7 +18,7 @@
 #define RC_MAX_SOURCES 131072  /* LRU: per-source buckets; spoofers evict each other, never fail open */
 #endif
 #ifndef RC_MAX_PEERS
-#define RC_MAX_PEERS 4096      /* configured peers in the old-news prefilter */
+#define RC_MAX_PEERS 4096      /* configured peer addresses: old-news prefilter, unknown-SPI peer lane */
 #endif
 #ifndef RC_RINGBUF_BYTES
 #define RC_RINGBUF_BYTES (256 * 1024) /* ~230 events; user space drains far faster than the budget fills */
@@ -56,9 +56,9 @@ enum rc_reason {
 	RC_KEEPALIVE,                /* UDP/4500 single 0xFF byte: pass */
 	RC_NOT_LOCAL,                /* ESP or notification to an address that is not ours: pass */
 	RC_KNOWN_SPI,                /* ESP for an SA we hold: pass */
-	RC_UNKNOWN_SAMPLED,          /* unknown SPI, event sent: config action */
+	RC_UNKNOWN_SAMPLED,          /* unknown SPI, event sent (peer lane or global budget): config action */
 	RC_UNKNOWN_RATE_LIMITED,     /* unknown SPI, source over its budget: config action */
-	RC_UNKNOWN_BUDGET_EXHAUSTED, /* unknown SPI, global events/s budget spent: config action */
+	RC_UNKNOWN_BUDGET_EXHAUSTED, /* unknown SPI from a non-peer, global events/s budget spent: config action */
 	RC_UNKNOWN_EVENT_LOST,       /* unknown SPI, ring buffer full: config action */
 	RC_NOTIF_PASSED,             /* notification handed to user space: drop */
 	RC_NOTIF_OLD_NEWS,           /* boot number not newer than the peer's known one: drop */

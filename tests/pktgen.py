@@ -13,7 +13,11 @@ seeded ``random.Random``: fast, for the differential test's hundred thousand fra
 
 A :class:`MapSpec` describes map contents (local addresses, known SAs, peers, pre-existing
 buckets, the global budget, the config); the generator picks addresses, SPIs and boot
-numbers from it so that map lookups both hit and miss.
+numbers from it so that map lookups both hit and miss. Peers send ESP as well as
+notifications (half of the ESP frames come from a peer when there is one), so the unknown-SPI
+peer lane is reached with the global budget both full and spent; some specs also hold
+cross-family "twins" of peer addresses (same 16 key bytes, other family), which must not
+take the lane.
 """
 
 from __future__ import annotations
@@ -169,6 +173,26 @@ def gen_config(ch: Chooser) -> ModelConfig:
     )
 
 
+def _add_family_twins(
+    ch: Chooser,
+    local: list[tuple[int, bytes]],
+    peers: list[tuple[int, bytes, int]],
+    remote: list[tuple[int, bytes]],
+) -> None:
+    """Sources whose 16 key bytes equal a peer's of the other family: a v4 peer's key read as
+    an IPv6 address, and a v6 peer ``a.b.c.d::`` next to the IPv4 source a.b.c.d. Neither is
+    a peer (the key holds the family), so the ESP they send must not take the peer lane."""
+    v4_peers = [a for f, a, _ in peers if f == RC_AF_INET]
+    if v4_peers and ch.chance(30):
+        remote.append((RC_AF_INET6, ch.pick(v4_peers)))
+    if ch.chance(30):
+        addr = _v4(ch)
+        taken = {a for f, a in local if f == RC_AF_INET} | set(v4_peers)
+        if addr not in taken:
+            peers.append((RC_AF_INET6, addr, ch.pick((0, 7))))
+            remote.append((RC_AF_INET, addr))
+
+
 def gen_map_spec(ch: Chooser, start_ns: int = 0) -> MapSpec:
     """A handful of local addresses, SAs and peers, with some buckets already present."""
     local: list[tuple[int, bytes]] = []
@@ -182,6 +206,7 @@ def gen_map_spec(ch: Chooser, start_ns: int = 0) -> MapSpec:
             for _ in range(ch.weighted(((15, 0), (85, ch.integer(1, 3)))))
         ]
         remote += [(family, _address(ch, family)) for _ in range(ch.integer(0, 2))]
+    _add_family_twins(ch, local, peers, remote)
     local = sorted(set(local))
     sas: list[tuple[int, bytes, int]] = []
     for family, addr in local:

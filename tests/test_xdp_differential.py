@@ -12,7 +12,10 @@ A hypothesis example is one batch: a map state (local addresses, known SAs, peer
 pre-existing buckets, the global budget, a config with rates and bursts including 0 and
 both unknown-SPI actions) and ``BATCH`` frames at non-decreasing times, generated from
 per-frame seeds by tests/pktgen.py so that hypothesis overhead is amortised. The test
-checks that at least ``MIN_PACKETS`` frames were compared and that every reason was seen.
+checks that at least ``MIN_PACKETS`` frames were compared and that every reason was seen,
+and that the peer lane was decisive at least ``MIN_PEER_LANE`` times: a configured peer's
+unknown SPI sampled (or lost to a full ring) at a moment when the global budget, had it been
+consulted, would have refused it.
 
 The program is loaded with a 16 KiB ring buffer (15 records) so that EVENT_LOST is
 reached; classification does not depend on the ring's size.
@@ -51,7 +54,18 @@ from hypothesis import strategies as st
 
 from pyrebootcert.xdp import abi
 from pyrebootcert.xdp.loader import Classifier
-from pyrebootcert.xdp.model import Bucket, ModelConfig, ModelEvent, ModelState, Reason, classify
+from pyrebootcert.xdp.model import (
+    RC_AF_INET,
+    RC_AF_INET6,
+    Bucket,
+    ModelConfig,
+    ModelEvent,
+    ModelState,
+    Reason,
+    bucket_refill,
+    bucket_take,
+    classify,
+)
 from pyrebootcert.xdp.testrun import prog_test_run
 
 pytestmark = pytest.mark.root
@@ -62,6 +76,7 @@ RING_CAPACITY = (RINGBUF_BYTES - 1) // RECORD_BYTES  # the kernel refuses at >= 
 BATCH = 200
 EXAMPLES = 510
 MIN_PACKETS = 100_000
+MIN_PEER_LANE = 200
 
 
 # ---- Raw ring-buffer records (libbpf's ring_buffer, so padding can be checked) ---------
@@ -146,6 +161,7 @@ class Harness:
     ifindex: int
     packets: int = 0
     reasons: Counter[Reason] = field(default_factory=Counter)
+    peer_lane: Counter[str] = field(default_factory=Counter)  # peer-lane outcomes, see below
 
     def stats(self) -> list[int]:
         by_reason = self.clf.maps.stats_by_reason()
@@ -243,9 +259,11 @@ def run_batch(
         h.write_config(state, now)
         result = prog_test_run(fd, frame)
         after = h.stats()
+        budget_before = Bucket(state.budget.tokens, state.budget.last_ns)
         want = classify(frame, now, state, ifindex=h.ifindex)
         h.packets += 1
         h.reasons[want.reason] += 1
+        _count_peer_lane(h, state, frame, now, want.reason, budget_before)
         delta = {Reason(r).name: a - b for r, (a, b) in enumerate(zip(after, before, strict=True))}
         moved = {name: d for name, d in delta.items() if d}
         if moved != {want.reason.name: 1}:
@@ -271,6 +289,42 @@ def run_batch(
         _fail("the limiter map", f"(program, model) by key: {diff}", ctx)
     if h.budget() != state.budget:
         _fail("the budget", f"program {h.budget()}, model {state.budget}", ctx)
+
+
+def _count_peer_lane(
+    h: Harness, state: ModelState, frame: bytes, now: int, reason: Reason, budget: Bucket
+) -> None:
+    """Tally unknown-SPI outcomes past the source bucket by lane: "peer, budget would refuse"
+    = a peer got through where the global budget (``budget`` as it was before the frame)
+    would have refused it; "twin" = a non-peer whose key bytes are a peer's of the other
+    family (tests/pktgen.py), which had to go through the budget."""
+    lanes = (Reason.UNKNOWN_SAMPLED, Reason.UNKNOWN_EVENT_LOST, Reason.UNKNOWN_BUDGET_EXHAUSTED)
+    src = _source(frame)
+    if reason not in lanes or src is None:
+        return
+    if src not in state.peer_boot:
+        twin = (RC_AF_INET6 if src[0] == RC_AF_INET else RC_AF_INET, src[1]) in state.peer_boot
+        h.peer_lane["twin of a peer, via budget" if twin else "non-peer, via budget"] += 1
+        return
+    assert reason != Reason.UNKNOWN_BUDGET_EXHAUSTED  # the lane never meets the budget
+    cfg = state.config
+    bucket_refill(budget, now, cfg.global_rate_per_s, cfg.global_burst)
+    h.peer_lane["peer, budget would refuse" if not bucket_take(budget) else "peer"] += 1
+
+
+def _source(frame: bytes) -> tuple[int, bytes] | None:
+    """(family, addr16) of an IP frame behind 0-2 VLAN tags (enough for frames that reached
+    an unknown-SPI outcome: the walk already accepted their headers)."""
+    off, ethertype = 12, frame[12:14]
+    while ethertype in (b"\x81\x00", b"\x88\xa8"):
+        off += 4
+        ethertype = frame[off : off + 2]
+    l3 = off + 2
+    if ethertype == b"\x08\x00":
+        return 4, frame[l3 + 12 : l3 + 16] + bytes(12)
+    if ethertype == b"\x86\xdd":
+        return 6, frame[l3 + 8 : l3 + 24]
+    return None
 
 
 def test_ring_capacity_is_what_the_model_assumes(harness: Harness) -> None:
@@ -390,6 +444,9 @@ def test_program_matches_model(harness: Harness) -> None:
     check()
     counts = ", ".join(f"{r.name}={harness.reasons[r]}" for r in Reason)
     print(f"\ndifferential: {harness.packets} frames compared; {counts}")
+    print(f"unknown SPI admitted, by lane: {dict(harness.peer_lane)}")
     assert harness.packets >= MIN_PACKETS
+    assert harness.peer_lane["peer, budget would refuse"] >= MIN_PEER_LANE
+    assert harness.peer_lane["twin of a peer, via budget"] > 0
     unseen = [r.name for r in Reason if not harness.reasons[r]]
     assert not unseen, f"the generator never reached {unseen}"

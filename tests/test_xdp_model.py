@@ -41,6 +41,8 @@ DST4 = bytes([192, 0, 2, 2])
 SRC6 = bytes.fromhex("20010db8000000000000000000000001")
 DST6 = bytes.fromhex("20010db8000000000000000000000002")
 PAD = bytes(12)
+STRANGER4 = bytes([198, 51, 100, 7])  # neither local nor a peer: shares the global budget
+STRANGER6 = bytes.fromhex("20010db8000000000000000000000009")
 SPI = 0x11223344
 OTHER_SPI = 0x55667788
 
@@ -810,7 +812,7 @@ def test_limiter_kinds_and_families_are_separate() -> None:
 def test_global_budget_starts_empty_and_fills_from_time_zero() -> None:
     state = make_state(global_rate_per_s=10, global_burst=2)
     state.budget = Bucket()
-    frame = v4_frame(50, esp(OTHER_SPI))
+    frame = v4_frame(50, esp(OTHER_SPI), src=STRANGER4)
     # at t = 50 ms, 0.5 token: exhausted
     assert run(frame, state, 50_000_000)[1] == Reason.UNKNOWN_BUDGET_EXHAUSTED
     assert state.budget == Bucket(500_000_000, 50_000_000)
@@ -822,18 +824,18 @@ def test_global_budget_starts_empty_and_fills_from_time_zero() -> None:
 def test_global_budget_is_shared_by_sources() -> None:
     state = make_state(global_rate_per_s=0, global_burst=5)
     state.budget = Bucket(2 * SCALE, 0)
-    assert run(v4_frame(50, esp(OTHER_SPI)), state)[1] == Reason.UNKNOWN_SAMPLED
-    assert run(v6_frame(50, esp(OTHER_SPI)), state)[1] == Reason.UNKNOWN_SAMPLED
-    frame = v4_frame(50, esp(OTHER_SPI), src=bytes([198, 51, 100, 7]))
+    assert run(v4_frame(50, esp(OTHER_SPI), src=STRANGER4), state)[1] == Reason.UNKNOWN_SAMPLED
+    assert run(v6_frame(50, esp(OTHER_SPI), src=STRANGER6), state)[1] == Reason.UNKNOWN_SAMPLED
+    frame = v4_frame(50, esp(OTHER_SPI), src=bytes([198, 51, 100, 8]))
     assert run(frame, state)[1] == Reason.UNKNOWN_BUDGET_EXHAUSTED
     # the third source's own bucket paid for a token nonetheless
-    assert state.limiter[(4, RC_LIM_ESP, bytes([198, 51, 100, 7]) + PAD)].tokens == 99 * SCALE
+    assert state.limiter[(4, RC_LIM_ESP, bytes([198, 51, 100, 8]) + PAD)].tokens == 99 * SCALE
 
 
 def test_rate_limited_source_does_not_spend_the_budget() -> None:
     state = make_state(src_burst=1, global_burst=5, global_rate_per_s=0)
     state.budget = Bucket(3 * SCALE, 0)
-    frame = v4_frame(50, esp(OTHER_SPI))
+    frame = v4_frame(50, esp(OTHER_SPI), src=STRANGER4)
     got = [run(frame, state)[1] for _ in range(4)]
     assert got == [Reason.UNKNOWN_SAMPLED] + [Reason.UNKNOWN_RATE_LIMITED] * 3
     assert state.budget.tokens == 2 * SCALE
@@ -842,10 +844,11 @@ def test_rate_limited_source_does_not_spend_the_budget() -> None:
 def test_unknown_event_lost_still_spends_both_buckets() -> None:
     state = make_state()
     state.ringbuf_capacity = 0
-    assert run(v4_frame(50, esp(OTHER_SPI)), state) == (XDP_PASS, Reason.UNKNOWN_EVENT_LOST)
+    frame = v4_frame(50, esp(OTHER_SPI), src=STRANGER4)
+    assert run(frame, state) == (XDP_PASS, Reason.UNKNOWN_EVENT_LOST)
     assert state.events == []
     assert state.budget.tokens == 99 * SCALE
-    assert state.limiter[(4, RC_LIM_ESP, a16(SRC4))].tokens == 99 * SCALE
+    assert state.limiter[(4, RC_LIM_ESP, a16(STRANGER4))].tokens == 99 * SCALE
 
 
 def test_ring_buffer_capacity_counts_unconsumed_records() -> None:
@@ -858,6 +861,82 @@ def test_ring_buffer_capacity_counts_unconsumed_records() -> None:
     assert run(frame, state)[1] == Reason.UNKNOWN_SAMPLED
 
 
+# ---- 7b. The peer lane -------------------------------------------------------------------
+
+
+def test_peer_lane_samples_a_peer_with_the_budget_spent() -> None:
+    state = make_state(global_rate_per_s=0)
+    state.budget = Bucket(0, 0)
+    v4 = run(v4_frame(50, esp(OTHER_SPI)), state)
+    v6 = run(v6_frame(17, udp(esp(OTHER_SPI))), state)
+    assert [v4, v6] == [(XDP_PASS, Reason.UNKNOWN_SAMPLED)] * 2
+    assert [(e.saddr, e.reason) for e in state.events] == [
+        (a16(SRC4), Reason.UNKNOWN_SAMPLED),
+        (SRC6, Reason.UNKNOWN_SAMPLED),
+    ]
+    # the same frames from non-peers meet the spent budget
+    assert run(v4_frame(50, esp(OTHER_SPI), src=STRANGER4), state)[1] == (
+        Reason.UNKNOWN_BUDGET_EXHAUSTED
+    )
+    assert run(v6_frame(17, udp(esp(OTHER_SPI)), src=STRANGER6), state)[1] == (
+        Reason.UNKNOWN_BUDGET_EXHAUSTED
+    )
+
+
+def test_peer_lane_neither_refills_nor_spends_the_budget() -> None:
+    state = make_state(global_rate_per_s=10, global_burst=5)
+    state.budget = Bucket(0, 0)
+    assert run(v4_frame(50, esp(OTHER_SPI)), state, now=SCALE)[1] == Reason.UNKNOWN_SAMPLED
+    assert state.budget == Bucket(0, 0)
+    # a non-peer consults it: 1 s at 10/s saturates the burst of 5, one is spent
+    stranger = v4_frame(50, esp(OTHER_SPI), src=STRANGER4)
+    assert run(stranger, state, now=SCALE)[1] == Reason.UNKNOWN_SAMPLED
+    assert state.budget == Bucket(4 * SCALE, SCALE)
+
+
+def test_peer_lane_is_bounded_by_the_peer_bucket() -> None:
+    state = make_state(src_burst=2, src_rate_per_s=0, global_rate_per_s=0)
+    state.budget = Bucket(0, 0)
+    frame = v4_frame(50, esp(OTHER_SPI))
+    got = [run(frame, state)[1] for _ in range(3)]
+    assert got == [Reason.UNKNOWN_SAMPLED] * 2 + [Reason.UNKNOWN_RATE_LIMITED]
+    assert state.limiter[(4, RC_LIM_ESP, a16(SRC4))] == Bucket(0, 10**9)
+
+
+def test_peer_lane_counts_the_key_not_the_boot_number() -> None:
+    state = make_state(global_rate_per_s=0)
+    state.budget = Bucket(0, 0)
+    state.peer_boot[(4, a16(SRC4))] = 0  # configured, no boot verified yet
+    assert run(v4_frame(50, esp(OTHER_SPI)), state)[1] == Reason.UNKNOWN_SAMPLED
+    del state.peer_boot[(4, a16(SRC4))]
+    assert run(v4_frame(50, esp(OTHER_SPI)), state)[1] == Reason.UNKNOWN_BUDGET_EXHAUSTED
+
+
+def test_peer_lane_is_per_family() -> None:
+    state = make_state(global_rate_per_s=0)
+    state.budget = Bucket(0, 0)
+    # the v4 peer's 16-byte key read as an IPv6 source address is not a peer
+    frame = v6_frame(50, esp(OTHER_SPI), src=a16(SRC4))
+    assert run(frame, state)[1] == Reason.UNKNOWN_BUDGET_EXHAUSTED
+
+
+def test_peer_lane_event_lost_spends_only_the_peer_bucket() -> None:
+    state = make_state(global_rate_per_s=0)
+    state.budget = Bucket(0, 0)
+    state.ringbuf_capacity = 0
+    assert run(v4_frame(50, esp(OTHER_SPI)), state) == (XDP_PASS, Reason.UNKNOWN_EVENT_LOST)
+    assert state.budget == Bucket(0, 0)
+    assert state.limiter[(4, RC_LIM_ESP, a16(SRC4))].tokens == 99 * SCALE
+
+
+def test_peer_lane_does_not_touch_local_or_known_checks() -> None:
+    state = make_state(global_rate_per_s=0)
+    state.budget = Bucket(0, 0)
+    assert run(v4_frame(50, esp(SPI)), state)[1] == Reason.KNOWN_SPI
+    assert run(v4_frame(50, esp(OTHER_SPI), dst=STRANGER4), state)[1] == Reason.NOT_LOCAL
+    assert state.limiter == {} and state.budget == Bucket(0, 0)
+
+
 # ---- 8. Verdicts -------------------------------------------------------------------------
 
 
@@ -865,8 +944,8 @@ def test_ring_buffer_capacity_counts_unconsumed_records() -> None:
 def test_unknown_action(action: int, verdict: int) -> None:
     state = make_state(unknown_action=action, src_burst=2, global_rate_per_s=0, global_burst=9)
     state.budget = Bucket(2 * SCALE, 0)
-    frame = v4_frame(50, esp(OTHER_SPI))
-    v6 = v6_frame(50, esp(OTHER_SPI))
+    frame = v4_frame(50, esp(OTHER_SPI), src=STRANGER4)
+    v6 = v6_frame(50, esp(OTHER_SPI), src=STRANGER6)
     state.ringbuf_capacity = 1
     results = [run(frame, state), run(frame, state), run(frame, state), run(v6, state)]
     assert [r for _, r in results] == [

@@ -194,6 +194,73 @@ def _notif_rows() -> list[Row]:
     return rows
 
 
+def _spend_budget(c: Classifier) -> None:
+    c.maps.set_budget(0, NOW)  # no token, and no refill at the test clock (rate 0 below)
+
+
+def _spend_budget_peer_boot_zero(c: Classifier) -> None:
+    _spend_budget(c)
+    c.set_peer_boot(P.PEER4, 0)
+    c.set_peer_boot(P.PEER6, 0)
+
+
+NO_BUDGET = replace(GENEROUS, global_rate_per_s=0)
+
+
+def _peer_lane_rows() -> list[Row]:
+    """The peer lane: a configured peer's unknown SPI skips the spent global budget."""
+    rows: list[Row] = []
+    for fam in (4, 6):
+        build = P.esp4 if fam == 4 else P.esp6
+        for encap in (False, True):
+            frame = build(P.UNKNOWN_SPI, encap=encap)
+            how = "ESP-in-UDP" if encap else "ESP"
+            rows += [
+                Row(
+                    f"peer lane v{fam} {how}: a peer is sampled with the global budget spent",
+                    frame,
+                    Reason.UNKNOWN_SAMPLED,
+                    setup=_spend_budget,
+                    config=NO_BUDGET,
+                    event=_unknown_event(fam, frame, encap=encap, l4_off=20 if fam == 4 else 40),
+                ),
+                Row(
+                    f"peer lane v{fam} {how}: a non-peer is refused with the global budget spent",
+                    build(P.UNKNOWN_SPI, encap=encap, src=P.OTHER4 if fam == 4 else P.OTHER6),
+                    Reason.UNKNOWN_BUDGET_EXHAUSTED,
+                    setup=_spend_budget,
+                    config=NO_BUDGET,
+                ),
+            ]
+        rows += [
+            Row(
+                f"peer lane v{fam}: the peer's own bucket still applies",
+                build(P.UNKNOWN_SPI),
+                Reason.UNKNOWN_RATE_LIMITED,
+                setup=_spend_budget,
+                config=replace(NO_BUDGET, src_burst=0),
+            ),
+            Row(
+                f"peer lane v{fam}: boot number 0 (none verified yet) is a peer too",
+                build(P.UNKNOWN_SPI),
+                Reason.UNKNOWN_SAMPLED,
+                setup=_spend_budget_peer_boot_zero,
+                config=NO_BUDGET,
+                event={"saddr": P.PEER4 if fam == 4 else P.PEER6},
+            ),
+        ]
+    rows.append(
+        Row(
+            "peer lane: a v4 peer's bytes as an IPv6 source are not a peer",
+            P.esp6(P.UNKNOWN_SPI, src="c633:6407::"),  # 198.51.100.7 + 12 zero bytes
+            Reason.UNKNOWN_BUDGET_EXHAUSTED,
+            setup=_spend_budget,
+            config=NO_BUDGET,
+        )
+    )
+    return rows
+
+
 def _unknown_event(
     fam: int, frame: bytes, *, encap: bool, l4_off: int, spi: int = P.UNKNOWN_SPI, vlans: int = 0
 ) -> dict[str, object]:
@@ -451,6 +518,7 @@ def _rows() -> list[Row]:
             P.icmp_frame(P.mangle(P.bad_spi_icmp(9, 6), 0, 40), 6),
             Reason.NOT_ESP,
         ),
+        *_peer_lane_rows(),
         *_notif_rows(),
     ]
     return rows
@@ -483,10 +551,8 @@ def test_row(clf: Classifier, row: Row) -> None:
 
 def test_every_reason_has_a_row() -> None:
     covered = {r.reason for r in ROWS}
-    # the token-bucket, budget and ring-full reasons are covered by the sequence tests below
+    # the ring-full reasons are covered by the sequence tests below
     covered |= {
-        Reason.UNKNOWN_RATE_LIMITED,
-        Reason.UNKNOWN_BUDGET_EXHAUSTED,
         Reason.UNKNOWN_EVENT_LOST,
         Reason.NOTIF_EVENT_LOST,
     }
@@ -593,6 +659,44 @@ def test_global_budget(clf: Classifier) -> None:
     b = clf.maps.budget()
     assert (b.tokens, b.last_ns) == (0, NOW + SEC // 2)
     assert len(clf.drain_events()) == 2
+
+
+def test_peer_lane_neither_spends_nor_refills_the_budget(clf: Classifier) -> None:
+    cfg = replace(GENEROUS, global_rate_per_s=1, global_burst=1, src_burst=2, src_rate_per_s=0)
+    reset(clf, cfg)
+    clf.maps.set_budget(0, NOW)
+    clf.set_test_clock(NOW + SEC)  # one global token earned, not yet added
+    peer = _unknown_from(P.PEER4)
+    assert run(clf, peer) == (PASS, {Reason.UNKNOWN_SAMPLED: 1})
+    b = clf.maps.budget()
+    assert (b.tokens, b.last_ns) == (0, NOW)  # not consulted at all
+    # a non-peer consults it: refill to the burst of one, spend it
+    assert run(clf, _unknown_from("198.51.100.1"))[1] == {Reason.UNKNOWN_SAMPLED: 1}
+    assert run(clf, _unknown_from("198.51.100.2"))[1] == {Reason.UNKNOWN_BUDGET_EXHAUSTED: 1}
+    b = clf.maps.budget()
+    assert (b.tokens, b.last_ns) == (0, NOW + SEC)
+    # the peer keeps its own lane, bounded by its own bucket (burst 2, rate 0)
+    assert run(clf, peer)[1] == {Reason.UNKNOWN_SAMPLED: 1}
+    assert run(clf, peer)[1] == {Reason.UNKNOWN_RATE_LIMITED: 1}
+    events = clf.drain_events()
+    assert [str(e.saddr) for e in events] == [P.PEER4, "198.51.100.1", P.PEER4]
+    # a peer removed from peer_boot is back in the shared budget
+    reset(clf, cfg)
+    clf.maps.set_budget(0, NOW)
+    clf.maps.maps["peer_boot"].clear()
+    assert run(clf, peer)[1] == {Reason.UNKNOWN_BUDGET_EXHAUSTED: 1}
+
+
+def test_peer_lane_loses_events_when_the_ring_is_full(clf: Classifier) -> None:
+    reset(clf, replace(GENEROUS, global_rate_per_s=0))
+    clf.maps.set_budget(RING_RECORDS * abi.RC_TOKEN_SCALE, NOW)
+    for i in range(RING_RECORDS):
+        assert run(clf, _unknown_from(f"198.51.100.{i + 1}"))[1] == {Reason.UNKNOWN_SAMPLED: 1}
+    assert clf.maps.budget().tokens == 0
+    assert run(clf, _unknown_from(P.PEER4))[1] == {Reason.UNKNOWN_EVENT_LOST: 1}
+    assert len(clf.drain_events()) == RING_RECORDS
+    assert run(clf, _unknown_from(P.PEER4))[1] == {Reason.UNKNOWN_SAMPLED: 1}
+    clf.drain_events()
 
 
 def test_budget_starts_empty_and_fills_from_time_zero(clf: Classifier) -> None:

@@ -1,8 +1,8 @@
 """Pure-Python reference model of the XDP classifier.
 
 This module is docs/classifier.md written as plain Python, section by section: the
-*Walk* (Ethernet, IPv4, IPv6, ESP, UDP, ICMP), the *SPI lookup*, the *Notification*
-path, the integer *Token bucket*, and *Counters and verdicts*. The differential test
+*Walk* (Ethernet, IPv4, IPv6, ESP, UDP, ICMP), the *SPI lookup* (with its peer lane), the
+*Notification* path, the integer *Token bucket*, and *Counters and verdicts*. The differential test
 (tests/test_xdp_differential.py) runs every generated frame through the BPF program
 (``BPF_PROG_TEST_RUN`` on ``xdp_rebootcert_test``) and through :func:`classify` with the
 same clock and map contents, and demands the same verdict, counters, map effects and
@@ -13,7 +13,8 @@ The model's state mirrors the program's maps:
 ==================  =========================================================
 ``known_sas``       set of ``(family, daddr16, spi)``; ``spi`` is the SPI read as
                     a big-endian integer (0 marks a local address)
-``peer_boot``       ``(family, addr16) -> newest verified boot number``
+``peer_boot``       ``(family, addr16) -> newest verified boot number``; every
+                    configured peer address is a key (the unknown-SPI peer lane)
 ``limiter``         ``(family, kind, addr16) -> Bucket`` (kind: ESP or NOTIF)
 ``budget``          the global unknown-SPI event bucket (``budget[0]``)
 ``config``          :class:`ModelConfig`, the fields of ``struct rc_config``
@@ -339,7 +340,8 @@ def _spi_lookup(
         state, (ip.family, RC_LIM_ESP, ip.saddr), now_ns, cfg.src_rate_per_s, cfg.src_burst
     ):
         return Reason.UNKNOWN_RATE_LIMITED, None
-    if not _budget_take(state, now_ns):
+    # the peer lane: a configured peer address skips the global budget (not even refilled)
+    if (ip.family, ip.saddr) not in state.peer_boot and not _budget_take(state, now_ns):
         return Reason.UNKNOWN_BUDGET_EXHAUSTED, None
     l4_off = ip.l4 - ip.l3
     quote = l4_off + (8 if encap == RC_ENCAP_UDP else 0) + RC_ESP_QUOTE_TAIL
