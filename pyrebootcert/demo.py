@@ -45,6 +45,7 @@ from typing import Any, TextIO
 
 from .cert import IPAddress
 from .config import Config
+from .controller.cli import pid_alive
 from .controller.daemon import Daemon, RealKernel
 from .controller.kernel import XdpClassifiers
 from .controller.ports import ClassifierPort, SenderPort
@@ -205,18 +206,6 @@ def controller_status(gw: Gateway) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not pred():
@@ -252,7 +241,7 @@ def wait_controller(
 
     def ready() -> bool:
         st = controller_status(gw)
-        if st and st.get("running") and st.get("pid") != not_pid and _pid_alive(st.get("pid")):
+        if st and st.get("running") and st.get("pid") != not_pid and pid_alive(st.get("pid")):
             found.update(st)
             return True
         with contextlib.suppress(OSError), log.open("rb") as f:

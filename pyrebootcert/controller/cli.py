@@ -97,7 +97,11 @@ def is_running(status: dict[str, Any], now_ns: int | None = None) -> bool:
     updated = status.get("updated_ns")
     if not isinstance(updated, int) or now_ns - updated > STALE_AFTER_S * 1e9:
         return False
-    pid = status.get("pid")
+    return pid_alive(status.get("pid"))
+
+
+def pid_alive(pid: object) -> bool:
+    """``pid`` is an int naming a live process (possibly another user's)."""
     if not isinstance(pid, int):
         return False
     try:
@@ -105,7 +109,7 @@ def is_running(status: dict[str, Any], now_ns: int | None = None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
+        return True
     return True
 
 
