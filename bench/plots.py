@@ -8,7 +8,7 @@ Each figure is drawn only if its input is given:
   xdp_paths.png      ns/packet of each classifier path against the XDP_PASS floor
   flood_events.png   events reaching user space per 100 ms during each flood phase, with the
                      global budget, and packets/s classified
-  recovery.png       recovery time with birth certificates against DPD (if recovery.py exists)
+  recovery.png       recovery time with birth certificates against DPD and the IKE floor
 """
 
 from __future__ import annotations
@@ -92,14 +92,27 @@ def plot_flood(data: dict[str, Any], out: Path) -> Path:
 
 
 def plot_recovery(data: dict[str, Any], out: Path) -> Path:
-    """Recovery time per scenario: expects ``{"runs": [{"method": str, "seconds": float}]}``."""
-    runs = data.get("runs", [])
-    methods = sorted({r["method"] for r in runs})
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.boxplot([[r["seconds"] for r in runs if r["method"] == m] for m in methods])
-    ax.set_xticks(range(1, len(methods) + 1), methods)
-    ax.set_ylabel("seconds until traffic flows again")
-    ax.set_title("Recovery after a peer reboot")
+    """Seconds from B back up to traffic flowing: rebootcert, DPD, and the bare IKE floor.
+
+    ``data`` is what ``bench/recovery.py --json`` prints (one run; log scale, DPD is minutes).
+    """
+    bars = [
+        ("rebootcert\n(Bad SPI + certificate)", float(data["rebootcert"]["recovery_s"])),
+        ("IKE floor\n(one fresh initiate)", float(data["floor"]["median_s"])),
+        ("DPD\n(delay 10 s, restart)", float(data["dpd"]["recovery_s"])),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.barh([b[0] for b in bars], [b[1] for b in bars], color=["tab:green", "tab:gray", "tab:red"])
+    for i, (_, seconds) in enumerate(bars):
+        ax.text(seconds * 1.1, i, f"{seconds:.2f} s", va="center")
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, max(b[1] for b in bars) * 5)
+    ax.set_xlabel("seconds from the rebooted peer being back up to traffic flowing (log scale)")
+    ratios = data.get("ratios", {})
+    ax.set_title(
+        f"Peer reboot: DPD/rebootcert {ratios.get('dpd_over_rebootcert', float('nan')):.0f}x, "
+        f"rebootcert/floor {ratios.get('rebootcert_over_floor', float('nan')):.2f}x"
+    )
     fig.tight_layout()
     path = out / "recovery.png"
     fig.savefig(path, dpi=110)
