@@ -515,7 +515,8 @@ class RebootcertLab:
             steps.append(Step(deleted[0][0], "A: kernel reports its SAs with B deleted"))
         if reneg:
             if reneg.get("ok"):
-                what = f"A: new IKE SA up (VICI, {reneg.get('duration_s')} s)"
+                via = reneg.get("backend") or "backend"
+                what = f"A: renegotiated ({via}, {reneg.get('duration_s')} s)"
             else:
                 what = f"A: renegotiation FAILED after {reneg.get('duration_s')} s: "
                 what += str(reneg.get("detail"))

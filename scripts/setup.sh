@@ -7,7 +7,8 @@
 #
 # What it does, in order (each step is skipped when already done):
 #   1. Debian packages: Python + venv, bcc (python3-bpfcc), kernel headers for bcc, and the
-#      real-kernel lab (qemu, Debian's kernel image, busybox, strongSwan, iproute2, tcpdump, ruby).
+#      real-kernel lab (qemu, Debian's kernel image, busybox, strongSwan, iproute2, tcpdump, ruby;
+#      Debian's libreswan unpacked, not installed, as it conflicts with strongSwan).
 #   2. Kernel headers for bcc: /lib/modules/$(uname -r)/build. On a Debian kernel that is
 #      linux-headers-$(uname -r). On a custom kernel with no such package (this project's CI host)
 #      the Debian headers of the lab kernel work: /lib/modules/$(uname -r) is linked to them.
@@ -45,6 +46,27 @@ apt_has() {  # is package $1 known to apt?
   apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'
 }
 
+# libreswan for the VM test tests/vm/test_libreswan.py. Debian's package Conflicts with
+# strongSwan (which the lab's gateways use), so it is not installed: its .deb is unpacked into
+# the cache and the guest mounts it per gateway. Its libraries are ordinary packages.
+LIBRESWAN_LIBS=(libnss3-tools libldns3 libunbound8 libcurl3-nss libldap-2.5-0 libevent-core-2.1-7
+                libevent-pthreads-2.1-7 libcap-ng0 libnspr4 libnss3)
+fetch_libreswan() {
+  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/pyrebootcert/libreswan ver dir deb tmp
+  ver=$(apt-cache policy libreswan 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
+  [ -n "$ver" ] || { say "warning: apt knows no libreswan package; tests/vm/test_libreswan.py will fail"; return 0; }
+  dir=$cache/$ver
+  [ -x "$dir/root/usr/libexec/ipsec/pluto" ] && return 0
+  [ "$CHECK_ONLY" = 1 ] && { say "missing: libreswan $ver unpacked in $dir"; exit 1; }
+  tmp=$(mktemp -d) && chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq "libreswan=$ver" 2>/dev/null) || { rm -rf "$tmp"; die "apt-get download libreswan=$ver failed"; }
+  deb=$(ls "$tmp"/libreswan_*.deb)
+  mkdir -p "$dir" && rm -rf "$dir/root.new" && dpkg-deb -x "$deb" "$dir/root.new" \
+    && rm -rf "$dir/root" && mv "$dir/root.new" "$dir/root" || { rm -rf "$tmp"; die "cannot unpack $deb into $dir"; }
+  rm -rf "$tmp"
+  say "libreswan $ver unpacked into $dir/root (not installed: it conflicts with strongSwan)"
+}
+
 # The Debian kernel the lab boots (and whose headers bcc uses on a non-Debian host kernel): the
 # newest one installed, else the one linux-image-amd64 depends on.
 lab_kernel_version() {
@@ -62,7 +84,7 @@ LABK=${REBOOTCERT_LAB_KERNEL:-$(lab_kernel_version)}
 
 PKGS=(python3 python3-venv python3-pip python3-bpfcc iproute2 kmod iputils-ping tcpdump bpftool
       qemu-system-x86 busybox-static "linux-image-$LABK" "linux-headers-$LABK"
-      strongswan-charon strongswan-swanctl charon-systemd ruby openssl)
+      strongswan-charon strongswan-swanctl charon-systemd ruby openssl "${LIBRESWAN_LIBS[@]}")
 [ "$FOR_TESTS" = 1 ] && PKGS+=(vagrant)
 if [ ! -e "/lib/modules/$KREL/build" ] && apt_has "linux-headers-$KREL"; then
   PKGS+=("linux-headers-$KREL")   # a Debian host kernel: its own headers
@@ -77,6 +99,7 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null \
     || die "apt-get install failed for: ${MISSING[*]}"
 fi
+fetch_libreswan
 
 # Kernel headers for bcc.
 if [ ! -e "/lib/modules/$KREL/build" ]; then
