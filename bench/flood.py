@@ -35,7 +35,7 @@ Consumers (``--consumer``):
     so the daemon records it and the program's old-news map holds it; and the gateway
     "holds" an outbound SA to every peer: this host has no ESP, so they are ALLOCSPI larval
     SAs (``net.core.xfrm_acq_expires`` raised in the namespace so they last), which the
-    verifier's fresh SA dump reports like any outbound SA and which therefore satisfy the
+    verifier's GETSA lookup finds like any outbound SA and which therefore satisfy the
     policy's "SA we hold" rule. The genuine trial ends when the peer namespace *captures the
     Bad SPI* quoting the trial's SPI (raw ICMP socket), and its latency is measured from the
     trial's first packet to that capture; trials are ``DAEMON_GENUINE_GAP_S`` apart, since the

@@ -16,7 +16,7 @@ in the project sees netlink:
 
 * :class:`SaInfo`, :class:`PolicyInfo`, :class:`EncapInfo`, :class:`TemplateInfo`: frozen
   dataclasses (no key material: algorithm names only).
-* :class:`XfrmSocket`: request/response (dump, add, delete, flush) over pyroute2's
+* :class:`XfrmSocket`: request/response (dump, get, add, delete, flush) over pyroute2's
   ``NetlinkSocket``, optionally inside a named network namespace.
 * :class:`XfrmEvents`: the ``XFRMNLGRP_SA``/``POLICY``/``EXPIRE`` multicast groups, read
   without blocking (``fileno()`` for epoll). A receive-buffer overflow (ENOBUFS: events were
@@ -1233,6 +1233,21 @@ def delsa_msg(
     return msg
 
 
+def getsa_msg(
+    dst: AddressLike, spi: int, proto: int = IPPROTO_ESP, *, mark: tuple[int, int] | None = None
+) -> xfrm_usersa_id:
+    """The body of a GETSA request for one SA (see :meth:`XfrmSocket.get_sa`).
+
+    The kernel looks the SA up by (dst, spi, proto) and the mark ``v & m`` of ``mark``:
+    an SA with mark ``(sv, sm)`` is found when ``(v & m) & sm == sv``. Without ``mark``
+    the lookup mark is 0, which finds only SAs whose mark value is 0 (unmarked ones)."""
+    if not 0 < spi < 1 << 32:
+        raise XfrmError(f"SPI out of range: {spi:#x}")
+    if mark is None:
+        return delsa_msg(dst, spi, proto)
+    return delsa_msg(dst, spi, proto, mark=mark[0], mark_mask=mark[1])
+
+
 def flushsa_msg(proto: int = 0) -> xfrm_usersa_flush:
     """The body of a FLUSHSA request (0 = every protocol)."""
     msg = xfrm_usersa_flush()
@@ -1394,6 +1409,37 @@ class XfrmSocket:
             _check_decoded(m)
             out.append(sa_from_fields(m, m.get_attr, local))
         return out
+
+    def get_sa(
+        self,
+        dst: AddressLike,
+        spi: int,
+        proto: int = IPPROTO_ESP,
+        *,
+        mark: tuple[int, int] | None = None,
+    ) -> SaInfo | None:
+        """One SA by its kernel identity (GETSA): the SA to ``dst`` with ``spi`` and
+        ``proto``, None if there is none. Larval SAs (ALLOCSPI) are found too.
+
+        The kernel also matches the mark: without ``mark`` only SAs whose mark value is 0
+        are found (see :func:`getsa_msg`). One request and one reply, whatever the size of
+        the SA table (a dump costs time in proportion to it)."""
+        msg = getsa_msg(dst, spi, proto, mark=mark)
+        what = f"looking up SA dst {dst} spi {spi:#x} proto {proto}"
+        try:
+            # No NLM_F_ACK: the reply is the SA (a NEWSA message), or an error.
+            replies = self._request(
+                msg, XFRM_MSG_GETSA, NLM_F_REQUEST, what, proto=proto, family=msg["family"]
+            )
+        except XfrmRequestError as e:
+            if e.errno in (_errno.ESRCH, _errno.ENOENT):
+                return None
+            raise
+        for m in replies:
+            if m["header"]["type"] == XFRM_MSG_NEWSA:
+                _check_decoded(m)
+                return sa_from_fields(m, m.get_attr)
+        raise XfrmError(f"{what}: the kernel sent no SA back")
 
     def add_sa(
         self,

@@ -44,6 +44,7 @@ def sa(
     encap: bool = False,
     proto: int = 50,
     mark: int = 0,
+    mark_mask: int = 0,
 ) -> SaInfo:
     return SaInfo(
         family=4 if dst.version == 4 else 6,
@@ -60,6 +61,7 @@ def sa(
         byte_count=0,
         packet_count=0,
         mark=mark,
+        mark_mask=mark_mask or (0xFFFFFFFF if mark else 0),
     )
 
 
@@ -255,15 +257,33 @@ class FakeClassifier:
 
 
 class FakeXfrm:
-    def __init__(self, sas: Iterable[SaInfo] = ()) -> None:
+    """The kernel's SA table as a list. ``refuse_dumps``: dump_sas fails the test."""
+
+    def __init__(self, sas: Iterable[SaInfo] = (), *, refuse_dumps: bool = False) -> None:
         self.sas = list(sas)
         self.dumps = 0
+        self.refuse_dumps = refuse_dumps
+        self.lookups: list[tuple[IPAddress, int, int]] = []
         self.deleted_with: list[IPAddress] = []
         self.policies_deleted_with: list[IPAddress] = []
 
     def dump_sas(self, local_addresses: Iterable[IPAddress] = ()) -> list[SaInfo]:
+        if self.refuse_dumps:
+            raise AssertionError("dump_sas called where one SA lookup was expected")
         self.dumps += 1
         return list(self.sas)
+
+    def get_sa(
+        self, dst: IPAddress, spi: int, proto: int = 50, *, mark: tuple[int, int] | None = None
+    ) -> SaInfo | None:
+        """As the kernel's GETSA: by (dst, spi, proto), the lookup mark ``v & m`` (0
+        without ``mark``) matching an SA's mark where ``lookup & sa.mark_mask == sa.mark``."""
+        self.lookups.append((dst, spi, proto))
+        lookup = mark[0] & mark[1] if mark is not None else 0
+        for s in self.sas:
+            if (s.dst, s.spi, s.proto) == (dst, spi, proto) and lookup & s.mark_mask == s.mark:
+                return s
+        return None
 
     def delete_sas_with(self, peer: IPAddress) -> int:
         self.deleted_with.append(peer)

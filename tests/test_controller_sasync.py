@@ -134,3 +134,18 @@ def test_prepare_changes_nothing_until_installed() -> None:
     assert clf.markers == LOCAL and clf.sas == view.keys() == staged.keys()
     view.install(view.view())  # installing the present view is a no-op
     assert clf.sas == staged.keys()
+
+
+def test_marks_in_use_come_from_dumps_and_events() -> None:
+    marked_out = sa(LOCAL4, PEER4, 0x500, mark=0x42, mark_mask=0xFFFFFFFF)
+    xfrm = FakeXfrm([sa(PEER4, LOCAL4, 0x100), marked_out])
+    sync = SaSync(FakeClassifier(), xfrm, [LOCAL4])
+    assert sync.marks == frozenset()
+    sync.full_sync()
+    assert sync.marks == {(0x42, 0xFFFFFFFF)}  # outbound SAs count: the verifier looks them up
+    sync.apply([SaEvent("new", sa(LOCAL4, PEER4, 0x600, mark=7, mark_mask=0xFF))])
+    assert sync.marks == {(0x42, 0xFFFFFFFF), (7, 0xFF)}
+    xfrm.sas = [sa(PEER4, LOCAL4, 0x100)]
+    sync.full_sync()  # a dump forgets marks no SA carries any more
+    assert sync.marks == frozenset()
+    assert sync.view().marks == frozenset()

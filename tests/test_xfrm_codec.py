@@ -427,6 +427,20 @@ def test_delsa_bytes_with_and_without_mark() -> None:
     assert data[16:] == body + k_nla(XFRMA_MARK, struct.pack("=II", 7, 0xF))
 
 
+def test_getsa_bytes_with_and_without_mark() -> None:
+    # struct xfrm_usersa_id { xfrm_address_t daddr; __be32 spi; __u16 family; __u8 proto; }
+    data = encoded(X.getsa_msg("198.51.100.7", 0xC0FFEE01), X.XFRM_MSG_GETSA)
+    assert struct.unpack_from("=IH", data) == (16 + 24, X.XFRM_MSG_GETSA)
+    body = struct.pack("=16s4sHBx", ip("198.51.100.7").packed, bytes.fromhex("c0ffee01"), 2, 50)
+    assert data[16:] == body
+    data = encoded(X.getsa_msg("2001:db8::7", 9, 51, mark=(5, 0xFF)), X.XFRM_MSG_GETSA)
+    body = struct.pack("=16s4sHBx", ip("2001:db8::7").packed, struct.pack("!I", 9), 10, 51)
+    assert data[16:] == body + k_nla(XFRMA_MARK, struct.pack("=II", 5, 0xFF))
+    for spi in (0, 1 << 32):
+        with pytest.raises(XfrmError, match="SPI"):
+            X.getsa_msg("10.0.0.1", spi)
+
+
 def test_flushsa_is_17_bytes() -> None:
     data = encoded(X.flushsa_msg(50), X.XFRM_MSG_FLUSHSA)
     assert struct.unpack_from("=I", data)[0] == 17

@@ -142,6 +142,29 @@ def test_larval_sas_dump_and_delete_both_directions(netns: str) -> None:
         assert xs.dump_sas() == []
 
 
+def test_get_sa_finds_one_larval_sa_by_its_identity(netns: str) -> None:
+    with X.XfrmSocket(netns) as xs:
+        ab = xs.alloc_spi(A, B, reqid=21, spi_min=0x1000, spi_max=0x1FFF)
+        v6 = xs.alloc_spi(A6, B6, reqid=22, spi_min=0x3000, spi_max=0x3000)
+        sh(netns, "ip", "xfrm", "state", "allocspi", "src", str(A), "dst", str(B), "proto",
+           "esp", "mark", "5", "mask", "0xff", "min", "0x4000", "max", "0x4000")  # fmt: skip
+        got = xs.get_sa(B, ab.spi)
+        assert got is not None
+        assert (got.src, got.dst, got.spi, got.proto, got.reqid) == (A, B, ab.spi, 50, 21)
+        assert got == next(s for s in xs.dump_sas() if (s.dst, s.spi) == (B, ab.spi))
+        got6 = xs.get_sa(B6, v6.spi)
+        assert got6 is not None and (got6.src, got6.spi, got6.reqid) == (A6, 0x3000, 22)
+        assert xs.get_sa(B, ab.spi + 1) is None  # no such SPI
+        assert xs.get_sa(A, ab.spi) is None  # the SPI, but to another destination
+        assert xs.get_sa(B, ab.spi, X.IPPROTO_AH) is None
+        # the kernel matches marks: a marked SA is found only with a mark that selects it
+        assert xs.get_sa(B, 0x4000) is None
+        marked = xs.get_sa(B, 0x4000, mark=(5, 0xFFFFFFFF))
+        assert marked is not None and (marked.mark, marked.mark_mask) == (5, 0xFF)
+        xs.delete_sa(B, ab.spi)
+        assert xs.get_sa(B, ab.spi) is None
+
+
 def test_adding_an_esp_sa_either_works_or_says_esp_is_missing(netns: str) -> None:
     algo = X.EncAuth(b"\x11" * 16, b"\x22" * 32)  # cbc(aes) + hmac(sha256): this host has both
     with X.XfrmSocket(netns) as xs:

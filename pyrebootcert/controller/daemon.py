@@ -305,7 +305,10 @@ class Controller:
                 self.responder.handle(event)
             elif event.kind is abi.EventKind.NOTIFICATION:
                 self.counters["events_notification"] += 1
-                if self.verifier.handle(event, self.sasync.local_addresses) is not None:
+                if (
+                    self.verifier.handle(event, self.sasync.local_addresses, self.sasync.marks)
+                    is not None
+                ):
                     decided += 1
         return decided
 

@@ -61,6 +61,11 @@ class XfrmPort(Protocol):
     """XFRM netlink requests (pyrebootcert.xfrm.XfrmSocket has exactly these)."""
 
     def dump_sas(self, local_addresses: Iterable[IPAddress] = ()) -> list[SaInfo]: ...
+    def get_sa(
+        self, dst: IPAddress, spi: int, proto: int = 50, *, mark: tuple[int, int] | None = None
+    ) -> SaInfo | None:
+        """The one SA (dst, spi, proto), None if none; without ``mark`` unmarked SAs only."""
+
     def delete_sas_with(self, peer: IPAddress) -> int: ...
     def delete_policies_with(self, peer: IPAddress) -> int: ...
 

@@ -73,6 +73,9 @@ class SaView:
     local: frozenset[IPAddress]
     ids: Mapping[SaIdentity, SaKey]
     sas: Sequence[SaInfo] = ()
+    #: the (mark, mask) pairs of marked SAs in either direction: a lookup by identity
+    #: (GETSA) finds a marked SA only with its mark
+    marks: frozenset[tuple[int, int]] = frozenset()
 
     def keys(self) -> set[SaKey]:
         return set(self.ids.values())
@@ -97,6 +100,7 @@ class SaSync:
         self._local: frozenset[IPAddress] = frozenset(local_addresses)
         self._ids: dict[SaIdentity, SaKey] = {}
         self._refs: Counter[SaKey] = Counter()  # identities per key
+        self._marks: set[tuple[int, int]] = set()
         self.full_syncs = 0
         self.events_applied = 0
 
@@ -108,9 +112,15 @@ class SaSync:
         """The known_sas entries the classifier holds now (by our account)."""
         return set(self._refs)
 
+    @property
+    def marks(self) -> frozenset[tuple[int, int]]:
+        """(mark, mask) of every marked SA seen since the last full dump (a superset: a
+        deleted SA's mark stays until the next dump, which costs one extra lookup at most)."""
+        return frozenset(self._marks)
+
     def view(self) -> SaView:
         """The present view (to go back to if a change fails half-way)."""
-        return SaView(self._local, dict(self._ids))
+        return SaView(self._local, dict(self._ids), marks=frozenset(self._marks))
 
     def prepare(self, local_addresses: Iterable[IPAddress] | None = None) -> SaView:
         """Dump every SA and compute the view for ``local_addresses`` (default: the
@@ -118,7 +128,8 @@ class SaSync:
         local = self._local if local_addresses is None else frozenset(local_addresses)
         sas = self._xfrm.dump_sas(local)
         ids = {identity(sa): (sa.dst, sa.spi) for sa in sas if is_inbound(sa, local)}
-        return SaView(local, ids, sas)
+        marks = frozenset((sa.mark, sa.mark_mask) for sa in sas if sa.mark or sa.mark_mask)
+        return SaView(local, ids, sas, marks)
 
     def install(self, view: SaView) -> None:
         """Make the classifier's markers and entries those of ``view``, then adopt it.
@@ -136,6 +147,7 @@ class SaSync:
         self._local = view.local
         self._ids = dict(view.ids)
         self._refs = Counter(self._ids.values())
+        self._marks = set(view.marks)
 
     def set_local_addresses(self, addresses: Iterable[IPAddress]) -> Sequence[SaInfo]:
         """New local addresses: new markers and a full sync (which SAs are inbound changed)."""
@@ -152,6 +164,8 @@ class SaSync:
         return self.set_local_addresses(self._local)
 
     def _add(self, sa: SaInfo) -> None:
+        if sa.mark or sa.mark_mask:
+            self._marks.add((sa.mark, sa.mark_mask))
         if not is_inbound(sa, self._local):
             return
         ident, key = identity(sa), (sa.dst, sa.spi)

@@ -2,8 +2,10 @@
 
 For each ``NOTIFICATION`` event the XDP program hands us (it already dropped old news,
 unknown peers and floods), :func:`pyrebootcert.policy.decide` gets the decoded message,
-the *kernel's* outbound SAs to the sender (dumped now, not a cached view), the newest
-boot we recorded for that peer over all its addresses, and the verification limiter.
+the *kernel's* outbound SAs to the sender that the quote can match (for a Bad SPI: the
+one SA with the quoted destination and SPI, looked up now with GETSA, not a cached view
+and not a dump of the whole SA table), the newest boot we recorded for that peer over
+all its addresses, and the verification limiter.
 
 * ``accept_reboot``: delete every SA with every address of the peer (both directions;
   its policies too if ``renegotiate.delete_policies``), persist the new boot number for
@@ -30,9 +32,18 @@ from ..cert import IPAddress
 from ..config import Config, PeerConfig
 from ..errors import DecodeError, RebootCertError, StateError
 from ..peers import PeerRecord
-from ..policy import Decision, PeerPolicy, Verifier, decide, peer_table, verification_limiter
-from ..wire import Announce, parse_ip_notification
+from ..policy import (
+    Decision,
+    OutboundSa,
+    PeerPolicy,
+    Verifier,
+    decide,
+    peer_table,
+    verification_limiter,
+)
+from ..wire import Announce, BadSpi, parse_ip_notification
 from ..xdp import abi
+from ..xfrm import IPPROTO_ESP
 from .ports import ClassifierPort, Clock, XfrmPort
 from .sasync import outbound_sas
 
@@ -113,7 +124,12 @@ class NotificationVerifier:
         self._peers = peer_table(PeerPolicy(p, anchors[p.name]) for p in config.peers)
         self._limiter = verification_limiter(config.limits, self._clock.monotonic_ns())
 
-    def handle(self, event: abi.Event, local_addresses: Collection[IPAddress]) -> Decision | None:
+    def handle(
+        self,
+        event: abi.Event,
+        local_addresses: Collection[IPAddress],
+        marks: Collection[tuple[int, int]] = (),
+    ) -> Decision | None:
         """Decide on one NOTIFICATION event and act; the decision (None: state unreadable)."""
         source: IPAddress = event.saddr
         dest: IPAddress | None = event.daddr
@@ -134,12 +150,11 @@ class NotificationVerifier:
             log.error("cannot read peer records, message from %s dropped: %s", source, e)
             self.counters["decision_state_error"] += 1
             return None
-        sas = []
-        if kind == "bad_spi" and peer is not None:
-            try:
-                sas = outbound_sas(self._xfrm.dump_sas(local_addresses), source, local_addresses)
-            except RebootCertError as e:
-                log.error("cannot dump SAs to check a Bad SPI from %s: %s", source, e)
+        sas = (
+            self._quoted_sas(msg, source, local_addresses, marks)
+            if isinstance(msg, BadSpi) and peer is not None
+            else []
+        )
         decision, self._limiter = decide(
             msg,
             source=source,
@@ -176,6 +191,40 @@ class NotificationVerifier:
         level = logging.WARNING if decision.accepted else logging.INFO
         log.log(level, "%s: %s", decision.reason.value, decision.detail)
         return decision
+
+    def _quoted_sas(
+        self,
+        msg: BadSpi,
+        source: IPAddress,
+        local_addresses: Collection[IPAddress],
+        marks: Collection[tuple[int, int]] = (),
+    ) -> list[OutboundSa]:
+        """Our outbound SAs that the Bad SPI's quote can match: the one the kernel holds
+        with the quoted destination and SPI, if that destination is the sender.
+
+        The policy only ever matches SAs to the sender with the quoted SPI, so this is all
+        it needs (its own checks stay authoritative); one GETSA instead of a dump keeps a
+        flood of forged Bad SPI cheap. An unreadable quote or a quote of ESP to somebody
+        else needs no SA (the policy discards it), so nothing is looked up. The kernel
+        matches an SA's mark too, so when no unmarked SA is found each (mark, mask) in use
+        (``marks``, from the SA view) is tried: strongSwan's ``mark_out`` SAs stay visible.
+        """
+        try:
+            quoted = msg.quoted()
+        except DecodeError:
+            return []
+        if quoted.dst != source:
+            return []
+        try:
+            found = self._xfrm.get_sa(quoted.dst, quoted.spi, IPPROTO_ESP)
+            for mark in sorted(marks):
+                if found is not None:
+                    break
+                found = self._xfrm.get_sa(quoted.dst, quoted.spi, IPPROTO_ESP, mark=mark)
+        except RebootCertError as e:
+            log.error("cannot look up the SA quoted by a Bad SPI from %s: %s", source, e)
+            return []
+        return outbound_sas([found] if found is not None else [], source, local_addresses)
 
     def _flush(self, peer: PeerConfig) -> dict[str, Any]:
         out: dict[str, Any] = {"sas_deleted": 0}

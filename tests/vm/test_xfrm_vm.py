@@ -64,6 +64,18 @@ def test_dump_agrees_with_iproute2(report: dict[str, Any]) -> None:
     assert "mark 0x7/0xff" in listing
 
 
+def test_get_sa_finds_exactly_the_sa_named(report: dict[str, Any]) -> None:
+    got, sas = report["get_sa"], by_spi(report)
+    same = ("family", "src", "dst", "spi", "proto", "reqid", "mode", "encap", "mark", "aead",
+            "crypt", "auth", "created_s", "packets", "bytes")  # fmt: skip
+    for key, spi in (("v4", 0x1001), ("v6", 0x2001), ("marked_with_mark", 0x4001)):
+        assert got[key] is not None, key
+        assert {k: got[key][k] for k in same} == {k: sas[spi][k] for k in same}, key
+    # no such SPI, the SPI of another destination, a marked SA without its mark: nothing
+    assert got["missing_spi"] is None and got["wrong_dst"] is None
+    assert got["marked_without_mark"] is None
+
+
 def test_traffic_moves_the_counters(report: dict[str, Any]) -> None:
     assert report["ping_v4"] == 0 and report["ping_v6"] == 0
     sas = by_spi(report)

@@ -8,7 +8,8 @@ happens:
 1. real ESP SAs through :class:`XfrmSocket.add_sa`: IPv4 tunnel (cbc(aes)+hmac(sha256)
    one way, rfc4106(gcm(aes)) back), IPv6 transport (GCM), an ESP-in-UDP SA with a mark,
    then UPDSA of its ports; policies through :meth:`add_policy`; ping through both;
-2. dumps (ours and iproute2's listing, for comparison), counters after the pings;
+2. dumps (ours and iproute2's listing, for comparison), counters after the pings; single
+   SAs looked up by identity (``get_sa``: found, missing SPI, marked SA);
 3. ``delete_sas_with`` / ``delete_policies_with`` one peer;
 4. soft and hard expiry; FLUSHSA;
 5. a burst of NEWSA into a small receive buffer: the reader must say Resync.
@@ -163,6 +164,16 @@ def scenario(out: dict[str, Any]) -> None:
         out["dump"] = [sa_json(sa) for sa in xa.dump_sas(local_addresses=[A, A6])]
         out["ip_state"] = run("ip", "-n", NS_A, "xfrm", "state").stdout
         out["policies"] = len(xa.dump_policies())
+        # one SA by its identity (GETSA), as the verifier looks up a quoted SPI
+        got = {
+            "v4": xa.get_sa(B, 0x1001),
+            "v6": xa.get_sa(B6, 0x2001),
+            "missing_spi": xa.get_sa(B, 0x1999),
+            "wrong_dst": xa.get_sa(D, 0x1001),
+            "marked_without_mark": xa.get_sa(D, 0x4001),
+            "marked_with_mark": xa.get_sa(D, 0x4001, mark=(7, 0xFFFFFFFF)),
+        }
+        out["get_sa"] = {k: sa_json(v) if v is not None else None for k, v in got.items()}
 
         # 3. everything with B (v4) goes; the v6 peer and D stay
         out["deleted_sas"] = xa.delete_sas_with(B)
