@@ -2,7 +2,8 @@
 
 This host's kernel may lack ESP (``ip xfrm state add ... proto esp`` fails), so tests that
 need real IPsec SAs run inside a guest that boots Debian's stock kernel
-(``/boot/vmlinuz-6.1.0-57-amd64`` by default) on top of the *host's own filesystem*:
+(the newest ``/boot/vmlinuz-*-amd64`` with its modules installed, or
+``$REBOOTCERT_LAB_KERNEL``; see :func:`default_kernel`) on top of the *host's own filesystem*:
 
 * A tiny busybox initramfs (built once, cached under ``~/.cache/pyrebootcert/lab``) loads
   the virtio/9p/overlay modules and mounts the host's ``/`` read-only over 9p, with
@@ -54,7 +55,8 @@ from typing import IO, Any, Protocol
 
 from pyrebootcert.errors import LabError
 
-DEFAULT_KERNEL = Path("/boot/vmlinuz-6.1.0-57-amd64")
+#: Where Debian installs kernel images; the lab boots one of these (see default_kernel()).
+BOOT_DIR = Path("/boot")
 QEMU = "qemu-system-x86_64"
 QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
 AGENT_PATH = Path(__file__).resolve().with_name("lab_agent.py")
@@ -195,6 +197,37 @@ def kernel_release(kernel: Path) -> str:
     return name[len("vmlinuz-") :]
 
 
+def _release_key(release: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for release strings: numeric parts as numbers ("6.1.0-57" > "6.1.0-9")."""
+    parts: list[tuple[int, int | str]] = []
+    for tok in release.replace("-", ".").split("."):
+        parts.append((0, int(tok)) if tok.isdigit() else (1, tok))
+    return tuple(parts)
+
+
+def default_kernel(boot_dir: Path = BOOT_DIR, modules_dir: Path = Path("/lib/modules")) -> Path:
+    """The Debian kernel image the lab boots.
+
+    ``$REBOOTCERT_LAB_KERNEL`` (a release such as ``6.1.0-57-amd64``, or an image path) wins;
+    otherwise the newest ``vmlinuz-*-amd64`` in ``boot_dir`` whose modules are installed
+    (``scripts/setup.sh`` installs the one ``linux-image-amd64`` depends on). With none, the
+    path of the first candidate, or ``vmlinuz-NONE``, so that :func:`missing_prerequisites`
+    names what to install.
+    """
+    env = os.environ.get("REBOOTCERT_LAB_KERNEL", "").strip()
+    if env:
+        return Path(env) if "/" in env else boot_dir / f"vmlinuz-{env}"
+    images = sorted(
+        boot_dir.glob("vmlinuz-*-amd64"),
+        key=lambda p: _release_key(p.name[len("vmlinuz-") :]),
+        reverse=True,
+    )
+    for image in images:
+        if (modules_dir / image.name[len("vmlinuz-") :] / "modules.dep").is_file():
+            return image
+    return images[0] if images else boot_dir / "vmlinuz-NONE"
+
+
 def _is_static_elf(path: Path) -> bool:
     """True if ``path`` is an ELF64 executable without a program interpreter."""
     try:
@@ -223,7 +256,7 @@ def find_busybox() -> Path | None:
 
 def missing_prerequisites(kernel: Path | None = None) -> list[str]:
     """What this host lacks to boot the lab guest, one line each (empty: all present)."""
-    kernel = kernel or DEFAULT_KERNEL
+    kernel = kernel or default_kernel()
     missing: list[str] = []
     if shutil.which(QEMU) is None:
         missing.append(f"{QEMU} not found (apt-get install qemu-system-x86)")
@@ -430,7 +463,7 @@ class LabVM:
         rwdir: Path | None = None,
         boot_timeout_s: float = 240,
     ) -> None:
-        self.kernel = Path(kernel) if kernel else DEFAULT_KERNEL
+        self.kernel = Path(kernel) if kernel else default_kernel()
         self.mem = mem
         self.cpus = cpus
         self.accel = choose_accel(accel)
@@ -720,7 +753,12 @@ def _parser() -> argparse.ArgumentParser:
         "A single argument runs with bash -c; several are an argv.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--kernel", type=Path, default=None, help=f"default {DEFAULT_KERNEL}")
+    p.add_argument(
+        "--kernel",
+        type=Path,
+        default=None,
+        help="default: $REBOOTCERT_LAB_KERNEL, else the newest /boot/vmlinuz-*-amd64",
+    )
     p.add_argument("--mem", default="2G")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")

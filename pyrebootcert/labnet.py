@@ -946,8 +946,17 @@ def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # A terminated scenario must still delete its namespaces and stop its charons.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A terminated scenario must still delete its namespaces and stop its charons. The
+    # handler is ours only while the scenario runs: main() is also called in-process (tests),
+    # and a leaked handler would turn a later SIGTERM to a forked child into SystemExit.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if os.geteuid() != 0:
             raise UsageError("run as root (network namespaces, XFRM)")

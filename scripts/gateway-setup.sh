@@ -123,7 +123,7 @@ if [ "$SYSTEM" = 1 ]; then
         python3-venv python3-pip python3-bpfcc bpftool "linux-headers-$(uname -r)")
   MISSING=()
   for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || MISSING+=("$p")
+    [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == *'install ok installed'* ]] || MISSING+=("$p")
   done
   if [ ${#MISSING[@]} -gt 0 ]; then
     say "installing ${MISSING[*]}"

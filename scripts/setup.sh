@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh            install what is missing, then print a one-line summary
 #   scripts/setup.sh --check    only report what is missing (exit 1 if anything is)
-#   scripts/setup.sh --test     also what only the test suite uses (vagrant, for `vagrant validate`)
+#   scripts/setup.sh --test     also what only the test suite uses (vagrant + vagrant-libvirt, for
+#                               `vagrant validate`, which needs a usable provider)
 #
 # What it does, in order (each step is skipped when already done):
 #   1. Debian packages: Python + venv, bcc (python3-bpfcc), kernel headers for bcc, and the
@@ -37,13 +38,16 @@ python3-bpfcc, kernel headers for $(uname -r), qemu-system-x86, busybox-static, 
 [ -e /sys/fs/bpf ] || [ -d /sys/kernel/btf ] || say "warning: no /sys/fs/bpf: is this kernel built with BPF?"
 
 KREL=$(uname -r)
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+# No `cmd | grep -q` under pipefail: grep exits at the first match, the writer gets SIGPIPE and
+# the pipeline fails although the line was there. Match on captured output instead.
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == *'install ok installed'* ]]; }
+candidate() { apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p'; }
 APT_UPDATED=0
-apt_has() {  # is package $1 known to apt?
-  if [ "$APT_UPDATED" = 0 ] && [ -z "$(apt-cache policy "$1" 2>/dev/null | grep -v 'Candidate: (none)' | grep Candidate)" ]; then
+apt_has() {  # is package $1 known to apt? (updates the lists once when it is not)
+  if [ "$APT_UPDATED" = 0 ] && [ -z "$(candidate "$1")" ]; then
     apt-get update -qq >/dev/null; APT_UPDATED=1
   fi
-  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'
+  [ -n "$(candidate "$1")" ]
 }
 
 # libreswan for the VM test tests/vm/test_libreswan.py. Debian's package Conflicts with
@@ -53,7 +57,7 @@ LIBRESWAN_LIBS=(libnss3-tools libldns3 libunbound8 libcurl3-nss libldap-2.5-0 li
                 libevent-pthreads-2.1-7 libcap-ng0 libnspr4 libnss3)
 fetch_libreswan() {
   local cache=${XDG_CACHE_HOME:-$HOME/.cache}/pyrebootcert/libreswan ver dir deb tmp
-  ver=$(apt-cache policy libreswan 2>/dev/null | sed -n 's/^ *Candidate: \([^(].*\)$/\1/p')
+  ver=$(candidate libreswan)
   [ -n "$ver" ] || { say "warning: apt knows no libreswan package; tests/vm/test_libreswan.py will fail"; return 0; }
   dir=$cache/$ver
   [ -x "$dir/root/usr/libexec/ipsec/pluto" ] && return 0
@@ -85,7 +89,7 @@ LABK=${REBOOTCERT_LAB_KERNEL:-$(lab_kernel_version)}
 PKGS=(python3 python3-venv python3-pip python3-bpfcc iproute2 kmod iputils-ping tcpdump bpftool
       qemu-system-x86 busybox-static "linux-image-$LABK" "linux-headers-$LABK"
       strongswan-charon strongswan-swanctl charon-systemd ruby openssl "${LIBRESWAN_LIBS[@]}")
-[ "$FOR_TESTS" = 1 ] && PKGS+=(vagrant)
+[ "$FOR_TESTS" = 1 ] && PKGS+=(vagrant vagrant-libvirt)   # vagrant validate needs a usable provider
 if [ ! -e "/lib/modules/$KREL/build" ] && apt_has "linux-headers-$KREL"; then
   PKGS+=("linux-headers-$KREL")   # a Debian host kernel: its own headers
 fi

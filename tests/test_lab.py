@@ -62,7 +62,7 @@ def test_initramfs_has_init_busybox_and_modules_in_order(
 ) -> None:
     _need_lab_kernel()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = lab.ensure_initramfs(lab.DEFAULT_KERNEL)
+    path = lab.ensure_initramfs(lab.default_kernel())
     assert path.parent == tmp_path / "pyrebootcert" / "lab"
     entries = _read_newc(gzip.decompress(path.read_bytes()))
     assert entries["init"][0] == 0o100755
@@ -75,13 +75,13 @@ def test_initramfs_has_init_busybox_and_modules_in_order(
     assert order.index("9pnet") < order.index("9pnet_virtio") < order.index("9p")
     # cached: a second call returns the same file without rewriting it
     mtime = path.stat().st_mtime_ns
-    assert lab.ensure_initramfs(lab.DEFAULT_KERNEL) == path
+    assert lab.ensure_initramfs(lab.default_kernel()) == path
     assert path.stat().st_mtime_ns == mtime
 
 
 def test_module_order_rejects_an_unknown_module() -> None:
     _need_lab_kernel()
-    release = lab.kernel_release(lab.DEFAULT_KERNEL)
+    release = lab.kernel_release(lab.default_kernel())
     with pytest.raises(LabError, match="no module no_such_mod"):
         lab._module_order(release, ["no_such_mod"])
 
@@ -96,6 +96,28 @@ def test_static_elf_detection(tmp_path: Path) -> None:
     bb = lab.find_busybox()
     if bb is not None:
         assert lab._is_static_elf(bb)
+
+
+def test_default_kernel_is_the_newest_image_with_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boot, mods = tmp_path / "boot", tmp_path / "modules"
+    boot.mkdir()
+    monkeypatch.delenv("REBOOTCERT_LAB_KERNEL", raising=False)
+    assert lab.default_kernel(boot, mods) == boot / "vmlinuz-NONE"
+    for rel in ("6.1.0-9-amd64", "6.1.0-50-amd64", "6.1.0-57-amd64", "6.1.0-60-cloud-amd64"):
+        (boot / f"vmlinuz-{rel}").write_bytes(b"")
+    # no modules anywhere: the newest image, so the missing modules get named
+    assert lab.default_kernel(boot, mods) == boot / "vmlinuz-6.1.0-60-cloud-amd64"
+    for rel in ("6.1.0-9-amd64", "6.1.0-50-amd64"):
+        (mods / rel).mkdir(parents=True)
+        (mods / rel / "modules.dep").write_text("")
+    # numeric order (50 > 9), and only images whose modules are installed
+    assert lab.default_kernel(boot, mods) == boot / "vmlinuz-6.1.0-50-amd64"
+    monkeypatch.setenv("REBOOTCERT_LAB_KERNEL", "6.1.0-9-amd64")
+    assert lab.default_kernel(boot, mods) == boot / "vmlinuz-6.1.0-9-amd64"
+    monkeypatch.setenv("REBOOTCERT_LAB_KERNEL", "/srv/vmlinuz-custom")
+    assert lab.default_kernel(boot, mods) == Path("/srv/vmlinuz-custom")
 
 
 def test_kernel_release_and_accel_choice() -> None:

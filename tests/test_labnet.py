@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -224,7 +225,10 @@ def test_scenarios_refuse_a_kernel_without_esp(capsys: pytest.CaptureFixture[str
         pytest.skip("the ESP probe needs root (unshare --net)")
     if host_has_esp():
         pytest.skip("this host's kernel has ESP: the refusal cannot happen here")
+    before = signal.getsignal(signal.SIGTERM)
     assert labnet.main(["floor", "--json"]) == 1
+    # its SIGTERM handler is gone with it (a leaked one broke later tests' forked children)
+    assert signal.getsignal(signal.SIGTERM) is before
     out, err = capsys.readouterr()
     assert '"error"' in out and "no ESP" in out
     assert err.startswith("labnet: this kernel has no ESP") and err.count("\n") == 1
