@@ -14,6 +14,8 @@ Paths:
                      hold every record of a round; drained between rounds)
   unknown_event_lost unknown SPI with the ring buffer full (reserve fails)
   notif_old_news     Bad SPI notification whose boot number is old news
+  unknown_rate_limited_map_only  the rate-limited path with kernel_sad = off (no kfunc
+                     lookup of the kernel's SAD after the known_sas miss), for its cost
 """
 
 from __future__ import annotations
@@ -132,9 +134,19 @@ def run(repeat: int, rounds: int, as_json: bool) -> int:
         after = clf.stats()
         lost = after["UNKNOWN_EVENT_LOST"] - before["UNKNOWN_EVENT_LOST"]
         clf.poll_events(0, lambda _e: None)
+        kernel_sad = clf.kernel_sad
     finally:
         clf.close()
         floor_bpf.cleanup()
+    if kernel_sad:
+        with Classifier(None, config=cfg, kernel_sad="off") as plain:
+            plain.set_local_address(local)
+            prog_test_run(plain.prog_fd, unknown)
+            ns = measure(plain.prog_fd, unknown, repeat, rounds, nothing)
+            results["unknown_rate_limited_map_only"] = {
+                "ns": ns,
+                "ratio": round(ns / max(floor, 1), 2),
+            }
 
     meta = {
         "repeat": repeat,
@@ -144,6 +156,7 @@ def run(repeat: int, rounds: int, as_json: bool) -> int:
         "events_drained": sum(drained),
         "events_lost_measured": lost,
         "entry": "xdp_rebootcert",
+        "kernel_sad": kernel_sad,
         "kernel": os.uname().release,
     }
     if as_json:

@@ -77,6 +77,38 @@ static __always_inline int sa_known(struct rc_pkt *p, __be32 spi)
 	return known_sas.lookup(&key) != NULL;
 }
 
+#ifdef RC_XFRM_KFUNC
+/* Placeholders for bpf_xdp_get_xfrm_state / bpf_xdp_xfrm_state_release, rewritten
+ * into kfunc calls by the loader (rebootcert.h "The kernel's SAD"). Declared as
+ * helpers so that the compiler applies the BPF call convention to them. */
+static void *(*rc_kf_get_xfrm_state)(struct xdp_md *ctx, struct rc_xfrm_state_opts *opts,
+				     __u32 opts__sz) = (void *)RC_KF_PLACEHOLDER_GET;
+static void (*rc_kf_xfrm_state_release)(void *x) = (void *)RC_KF_PLACEHOLDER_RELEASE;
+
+/* Is there an ESP SA for (daddr, spi) in the kernel's SAD of this namespace? */
+static __always_inline int sa_in_kernel(struct xdp_md *ctx, struct rc_pkt *p, __be32 spi)
+{
+	struct rc_xfrm_state_opts opts = {};
+	void *x;
+
+	opts.netns_id = -1; /* BPF_F_CURRENT_NETNS */
+	copy_addr(opts.daddr, p->daddr, p->alen);
+	opts.spi = spi;
+	opts.proto = IPPROTO_ESP;
+	opts.family = p->family == RC_AF_INET ? 2 : 10; /* AF_INET, AF_INET6 */
+	x = rc_kf_get_xfrm_state(ctx, &opts, sizeof(opts));
+	if (!x)
+		return 0;
+	rc_kf_xfrm_state_release(x);
+	return 1;
+}
+#else
+static __always_inline int sa_in_kernel(struct xdp_md *ctx, struct rc_pkt *p, __be32 spi)
+{
+	return 0;
+}
+#endif
+
 /* docs/classifier.md "Token bucket". Races between CPUs on one bucket are
  * tolerated: two CPUs may both take the last token, so a bucket over-admits
  * by at most one packet per CPU per refill and never under-admits. */
@@ -302,6 +334,11 @@ spi_lookup:
 	}
 	if (!sa_known(&p, 0)) {
 		reason = RC_NOT_LOCAL;
+		goto out;
+	}
+	/* known_sas may lag behind the kernel by one netlink event: ask the SAD itself */
+	if (sa_in_kernel(ctx, &p, esp->spi)) {
+		reason = RC_KNOWN_SPI_KERNEL;
 		goto out;
 	}
 	if (!cfg) {

@@ -66,6 +66,7 @@ enum rc_reason {
 	RC_NOTIF_UNKNOWN_PEER,       /* notification from an address not in peer_boot: drop */
 	RC_NOTIF_MALFORMED,          /* notification whose certificate cannot be located: drop */
 	RC_NOTIF_EVENT_LOST,         /* notification, ring buffer full: drop */
+	RC_KNOWN_SPI_KERNEL,         /* ESP for an SA not (yet) in known_sas but in the kernel's SAD: pass */
 	RC_REASON_MAX,
 };
 
@@ -74,6 +75,31 @@ enum rc_encap { RC_ENCAP_NONE = 0, RC_ENCAP_UDP = 1 };
 enum rc_event_kind { RC_EV_UNKNOWN_SPI = 1, RC_EV_NOTIFICATION = 2 };
 enum rc_limiter_kind { RC_LIM_ESP = 1, RC_LIM_NOTIF = 2 };
 enum rc_unknown_action { RC_ACTION_PASS = 0, RC_ACTION_DROP = 1 };
+
+/* ---- The kernel's SAD (optional, Linux >= 6.8) ---------------------------
+ * With RC_XFRM_KFUNC defined, an SPI missing from known_sas is looked up once
+ * more in the kernel's own SAD through the bpf_xdp_get_xfrm_state kfunc, so a
+ * SA the controller has not synced yet is never taken for a lost one. bcc 0.26
+ * cannot call kfuncs (no __ksym resolution), so the program calls two
+ * placeholder helper IDs and the loader (pyrebootcert/xdp/kfunc.py) rewrites
+ * those two calls into kfunc calls (src_reg BPF_PSEUDO_KFUNC_CALL, imm the
+ * kfunc's vmlinux BTF id) before the program is loaded. A placeholder left
+ * unrewritten is an unknown helper: the verifier refuses it, nothing runs. */
+#define RC_KF_PLACEHOLDER_GET     0x7ffe0001
+#define RC_KF_PLACEHOLDER_RELEASE 0x7ffe0002
+
+/* struct bpf_xfrm_state_opts (net/xfrm/xfrm_state_bpf.c), 36 bytes */
+struct rc_xfrm_state_opts {
+	__s32 error;     /* out: -errno when no state is returned */
+	__s32 netns_id;  /* -1: the packet's namespace (BPF_F_CURRENT_NETNS) */
+	__u32 mark;
+	__u8 daddr[16];  /* xfrm_address_t */
+	__be32 spi;
+	__u8 proto;      /* IPPROTO_ESP */
+	__u8 pad;
+	__u16 family;    /* AF_INET / AF_INET6 */
+};
+_Static_assert(sizeof(struct rc_xfrm_state_opts) == 36, "opts__sz must be 36 (BPF_XFRM_STATE_OPTS_SZ)");
 
 /* ---- Map layouts -------------------------------------------------------- */
 

@@ -136,6 +136,7 @@ def run_checks(interface: str | None = None) -> list[Check]:
         prereq.check_kernel_headers(),
         prereq.check_btf(),
         prereq.check_ringbuf(),
+        prereq.check_kernel_sad(),
         check_xfrm_netlink(),
         check_esp(),
     ]

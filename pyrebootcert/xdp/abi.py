@@ -64,6 +64,7 @@ class Reason(enum.IntEnum):
     NOTIF_UNKNOWN_PEER = 14
     NOTIF_MALFORMED = 15
     NOTIF_EVENT_LOST = 16
+    KNOWN_SPI_KERNEL = 17
 
 
 RC_REASON_MAX = len(Reason)

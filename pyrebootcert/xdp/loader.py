@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BpfError, ConfigError, DecodeError
-from . import abi, libbpf, prereq
+from . import abi, kfunc, libbpf, prereq
 from .maps import PIN_ROOT, BpfMap, ClassifierMaps
 
 if TYPE_CHECKING:
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 Mode = Literal["auto", "native", "generic"]
 MODES: tuple[Mode, ...] = ("auto", "native", "generic")
+#: Whether an SPI missing from known_sas is looked up in the kernel's SAD (kfunc.py):
+#: "auto" where the kernel has the kfunc (Linux >= 6.8), "on" or refuse, "off".
+KernelSad = Literal["auto", "on", "off"]
+KERNEL_SAD_MODES: tuple[KernelSad, ...] = ("auto", "on", "off")
 
 PROG_NAME = "xdp_rebootcert"
 TEST_PROG_NAME = "xdp_rebootcert_test"
@@ -167,8 +171,17 @@ def _require(check: prereq.Check) -> None:
         raise BpfError(f"{check.name}: {check.detail}", hint=check.fix or None)
 
 
-def compile_bpf(source: Path, defines: Mapping[str, int] | None = None) -> Any:
-    """Compile ``source`` with bcc; one-line BpfError for every missing prerequisite."""
+def compile_bpf(
+    source: Path,
+    defines: Mapping[str, int] | None = None,
+    *,
+    features: frozenset[str] = frozenset(),
+) -> Any:
+    """Compile ``source`` with bcc; one-line BpfError for every missing prerequisite.
+
+    ``defines`` override limits (``OVERRIDABLE``); ``features`` are bare ``-D`` switches of
+    the loader's own (``RC_XFRM_KFUNC``).
+    """
     _require(prereq.check_bcc())
     _require(prereq.check_privileges())
     _require(prereq.check_kernel_headers())
@@ -180,15 +193,36 @@ def compile_bpf(source: Path, defines: Mapping[str, int] | None = None) -> Any:
         if name not in OVERRIDABLE:
             raise BpfError(f"unknown BPF limit {name} (known: {', '.join(sorted(OVERRIDABLE))})")
         cflags.append(f"-D{name}={int(value)}")
+    cflags += [f"-D{name}" for name in sorted(features)]
     try:
         return BPF(src_file=str(source).encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception; clang's errors went to stderr
         raise BpfError(f"compiling {source} failed: {e}", hint="clang errors are above") from e
 
 
-def _load_func(bpf: Any, name: str) -> Any:
+def resolve_kernel_sad(want: KernelSad) -> kfunc.XfrmKfuncs | None:
+    """The kfuncs to use for ``want``; None for "off" or where "auto" finds none."""
+    if want not in KERNEL_SAD_MODES:
+        raise BpfError(f"kernel_sad must be one of {', '.join(KERNEL_SAD_MODES)}, got {want!r}")
+    if want == "off":
+        return None
+    found = kfunc.find_xfrm_kfuncs()
+    if found is None and want == "on":
+        raise BpfError(
+            f"this kernel's BTF has no {kfunc.KFUNC_GET} kfunc (Linux >= 6.8 with "
+            "CONFIG_XFRM and BTF)",
+            hint="use kernel_sad = off: known_sas alone then decides",
+        )
+    return found
+
+
+def _load_func(bpf: Any, name: str, kfuncs: kfunc.XfrmKfuncs | None = None) -> Any:
     from bcc import BPF
 
+    if kfuncs is not None:
+        n = kfunc.patch_function(bpf, name, kfuncs)
+        if n != 2:  # one get and one release, inlined once
+            raise BpfError(f"{name}: expected 2 placeholder kfunc calls to patch, found {n}")
     try:
         return bpf.load_func(name.encode(), BPF.XDP)
     except Exception as e:
@@ -256,6 +290,7 @@ class Classifier:
         config: ClassifierConfig | None = None,
         defines: Mapping[str, int] | None = None,
         source: Path | None = None,
+        kernel_sad: KernelSad = "auto",
     ) -> None:
         if mode not in MODES:
             raise BpfError(f"XDP mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -266,9 +301,16 @@ class Classifier:
         self.config = config or ClassifierConfig()
         self._defines = dict(defines or {})
         self.event_data_max = int(self._defines.get("RC_EVENT_DATA_MAX", abi.RC_EVENT_DATA_MAX))
-        self._bpf = compile_bpf(source or bpf_source(), self._defines)
-        self.prog_fd: int = _load_func(self._bpf, PROG_NAME).fd
-        self.test_prog_fd: int = _load_func(self._bpf, TEST_PROG_NAME).fd
+        kfuncs = resolve_kernel_sad(kernel_sad)
+        #: True when an SPI missing from known_sas is also looked up in the kernel's SAD
+        self.kernel_sad = kfuncs is not None
+        self._bpf = compile_bpf(
+            source or bpf_source(),
+            self._defines,
+            features=frozenset({"RC_XFRM_KFUNC"}) if kfuncs else frozenset(),
+        )
+        self.prog_fd: int = _load_func(self._bpf, PROG_NAME, kfuncs).fd
+        self.test_prog_fd: int = _load_func(self._bpf, TEST_PROG_NAME, kfuncs).fd
         self.maps = ClassifierMaps(
             {
                 name: BpfMap(name, self._bpf[name.encode()].map_fd, owned=False)

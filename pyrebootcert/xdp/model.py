@@ -13,6 +13,9 @@ The model's state mirrors the program's maps:
 ==================  =========================================================
 ``known_sas``       set of ``(family, daddr16, spi)``; ``spi`` is the SPI read as
                     a big-endian integer (0 marks a local address)
+``kernel_sas``      the kernel's own SAD as the program sees it through the
+                    ``bpf_xdp_get_xfrm_state`` kfunc (same keys as ``known_sas``;
+                    empty where the kfunc is not used)
 ``peer_boot``       ``(family, addr16) -> newest verified boot number``; every
                     configured peer address is a key (the unknown-SPI peer lane)
 ``limiter``         ``(family, kind, addr16) -> Bucket`` (kind: ESP or NOTIF)
@@ -157,6 +160,7 @@ class ModelState:
 
     config: ModelConfig = field(default_factory=ModelConfig)
     known_sas: set[SaKey] = field(default_factory=set)
+    kernel_sas: set[SaKey] = field(default_factory=set)
     peer_boot: dict[PeerKey, int] = field(default_factory=dict)
     limiter: dict[LimiterKey, Bucket] = field(default_factory=dict)
     budget: Bucket = field(default_factory=Bucket)
@@ -335,6 +339,8 @@ def _spi_lookup(
         return Reason.KNOWN_SPI, None
     if (ip.family, ip.daddr, 0) not in state.known_sas:
         return Reason.NOT_LOCAL, None
+    if (ip.family, ip.daddr, spi) in state.kernel_sas:  # known_sas lags behind the kernel
+        return Reason.KNOWN_SPI_KERNEL, None
     cfg = state.config
     if not _limiter_take(
         state, (ip.family, RC_LIM_ESP, ip.saddr), now_ns, cfg.src_rate_per_s, cfg.src_burst

@@ -121,3 +121,27 @@ def check_ringbuf() -> Check:
         )
     os.close(fd)
     return Check("ring buffer", True, "BPF_MAP_TYPE_RINGBUF map created")
+
+
+def check_kernel_sad() -> Check:
+    """Optional: can XDP ask the kernel's SAD (bpf_xdp_get_xfrm_state kfunc, Linux >= 6.8)?"""
+    name = "kernel SAD from XDP"
+    try:
+        from . import kfunc
+
+        found = kfunc.find_xfrm_kfuncs()
+    except Exception as e:  # libbpf missing: reported by its own message
+        return Check(name, False, str(e), "apt-get install libbpf1", required=False)
+    if found is None:
+        return Check(
+            name,
+            False,
+            "no bpf_xdp_get_xfrm_state kfunc in this kernel's BTF: known_sas alone decides",
+            "Linux >= 6.8 with CONFIG_XFRM and BTF",
+            required=False,
+        )
+    return Check(
+        name,
+        True,
+        f"bpf_xdp_get_xfrm_state (BTF id {found.get_id}): a known_sas miss asks the kernel",
+    )
