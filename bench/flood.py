@@ -13,10 +13,10 @@ daemon send goes only over that veth.
 Phases (each ``--seconds`` long):
 
 ``esp``
-    stale raw ESP (random non-zero SPI) to the gateway address from random sources in 10/8
-    (2^24 possible; ~10^5 or more distinct per second), plus -- from a quarter into the
-    phase -- a genuine stale SA: ESP from the real peer 198.18.0.2 (its own source address)
-    at ``--genuine-pps``, a new SPI per trial, until the trial is answered.
+    stale raw ESP (random non-zero SPI) to the gateway address from random sources in 240/8
+    (class E, reserved; 2^24 possible; ~10^5 or more distinct per second), plus -- from a
+    quarter into the phase -- a genuine stale SA: ESP from the real peer 198.18.0.2 (its own
+    source address) at ``--genuine-pps``, a new SPI per trial, until the trial is answered.
 ``udp``
     the same as ESP in UDP/4500.
 ``notif``
@@ -204,7 +204,10 @@ def _trafgen_ip(proto: int, total: int, src: str) -> str:
     )
 
 
-SPOOFED = "10, drnd(3)"  # a random source in 10/8
+# A random source in 240.0.0.0/8 (class E, reserved: no host anywhere has one), so that the
+# Bad SPI answers to spoofed sources are addressed to nobody even in principle; they stay on
+# the bench's own veth either way.
+SPOOFED = "240, drnd(3)"
 
 
 def trafgen_config(kind: str, topo: Topology, cert_frame: bytes) -> str:
