@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import io
 import ipaddress
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 from . import doctor
 from .cert import MAX_ADDRS, U64_MAX, BirthCertificate, IPAddress, SigAlg
 from .controller import cli as controller_cli
-from .errors import ConfigError, DecodeError, KeyFileError, RebootCertError, UsageError
+from .errors import (
+    ConfigError,
+    DecodeError,
+    KeyFileError,
+    RebootCertError,
+    StateError,
+    UsageError,
+)
 from .xdp import cli as xdp_cli
 
 if TYPE_CHECKING:
@@ -72,6 +81,66 @@ class ArgumentParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- helpers
 
 
+def path_arg(text: str) -> Path:
+    """argparse ``type`` of every file and directory option.
+
+    An empty string is refused: ``Path("")`` is ``.``, so ``--state-dir ""`` would quietly
+    use the current directory.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("must not contain a NUL character")
+    return Path(text)
+
+
+def read_regular_file(
+    path: Path, what: str, limit: int, *, error: type[RebootCertError] = KeyFileError
+) -> bytes:
+    """The contents of the regular file ``path``: at most ``limit`` bytes, else DecodeError.
+
+    Anything else in its place (a directory, a FIFO, a device) is ``error``, without reading
+    it: a FIFO would block forever, /dev/zero would never end. FileNotFoundError is left to
+    the caller (each says "missing" in its own words); every other OSError is ``error``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{what} {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise DecodeError(f"{path}: too large for {what} (> {limit} bytes)")
+    return data
+
+
+def refuse_to_replace_special(path: Path, what: str, error: type[RebootCertError]) -> None:
+    """Raise ``error`` unless ``path`` is absent or a regular file (or a link to one).
+
+    Our writers replace the file by rename, which would swap a device (``/dev/null``), a FIFO
+    or a socket for a regular file.
+    """
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # the writer reports a missing or bad directory in its own words
+    except OSError as e:
+        raise error(f"cannot write {what} {path}: {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise error(
+            f"{what} {path} exists and is not a regular file", hint="refusing to replace it"
+        )
+
+
 def add_common_options(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
     """``-v`` (also accepted after the subcommand) and, if ``config``, ``--config PATH``."""
     parser.add_argument(
@@ -85,7 +154,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, config: bool = True) 
     if config:
         parser.add_argument(
             "--config",
-            type=Path,
+            type=path_arg,
             default=None,
             metavar="PATH",
             help=f"configuration file for options not given (default {DEFAULT_CONFIG})",
@@ -112,16 +181,22 @@ def load_config_for(args: argparse.Namespace, missing: str) -> Config:
 
 
 def _ip_arg(text: str) -> IPAddress:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    from .config import address_problem  # the same rule as local.addresses
+
+    problem = address_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return ipaddress.ip_address(text)
 
 
 def _boot_number_arg(text: str) -> int:
     try:
         value = int(text, 10)
     except ValueError:
+        if text.strip().isascii() and text.strip().isdigit():  # beyond int()'s digit limit
+            raise argparse.ArgumentTypeError(
+                f"{text.strip()[:24]}... is not in 1..2**64-1"
+            ) from None
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 1 <= value <= U64_MAX:
         raise argparse.ArgumentTypeError(f"{value} is not in 1..2**64-1")
@@ -140,14 +215,13 @@ def _iso_ns(ns: int) -> str:
 
 def _read_certificate(path: Path) -> tuple[BirthCertificate, int]:
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CERT_FILE + 1)
+        data = read_regular_file(path, "certificate", MAX_CERT_FILE)
     except FileNotFoundError as e:
         raise KeyFileError(f"certificate {path} does not exist") from e
-    except OSError as e:
-        raise KeyFileError(f"cannot read certificate {path}: {e.strerror}") from e
-    if len(data) > MAX_CERT_FILE:
-        raise DecodeError(f"{path}: too large for a birth certificate (> {MAX_CERT_FILE} bytes)")
+    except DecodeError as e:
+        raise DecodeError(
+            f"{path}: too large for a birth certificate (> {MAX_CERT_FILE} bytes)"
+        ) from e
     try:
         return BirthCertificate.from_bytes(data), len(data)
     except DecodeError as e:
@@ -164,6 +238,7 @@ def _emit(text: str) -> None:
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from .crypto import generate_ed25519, key_id, public_key_pem, save_private_key
 
+    refuse_to_replace_special(args.key, "key file", KeyFileError)
     key = generate_ed25519()
     save_private_key(key, args.key, overwrite=args.force)
     _emit(public_key_pem(key).decode())
@@ -180,7 +255,7 @@ def register_keygen(subparsers: SubParsers) -> None:
         "public key and key id.",
     )
     add_common_options(p, config=False)
-    p.add_argument("--key", type=Path, required=True, metavar="PATH", help="key file to create")
+    p.add_argument("--key", type=path_arg, required=True, metavar="PATH", help="key file to create")
     p.add_argument("--force", action="store_true", help="replace an existing key file")
     p.set_defaults(handler=_cmd_keygen)
 
@@ -214,6 +289,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         raise UsageError(
             f"at most {MAX_ADDRS} addresses fit in a certificate, not {len(addresses)}"
         )
+    refuse_to_replace_special(cert_path, "certificate", StateError)
     cert = perform_boot(
         key, state_dir, cert_path, addresses=addresses, recover_from=args.recover_from
     )
@@ -229,13 +305,13 @@ def register_boot(subparsers: SubParsers) -> None:
         "next boot number, then sign and write the birth certificate. Prints the boot number.",
     )
     add_common_options(p)
-    p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: config)")
+    p.add_argument("--key", type=path_arg, metavar="PATH", help="private key (default: config)")
     p.add_argument(
-        "--state-dir", type=Path, metavar="DIR", help="state directory (default: config)"
+        "--state-dir", type=path_arg, metavar="DIR", help="state directory (default: config)"
     )
     p.add_argument(
         "--cert",
-        type=Path,
+        type=path_arg,
         metavar="PATH",
         help="where to write the certificate (default: config, else STATE_DIR/birth.cert)",
     )
@@ -313,7 +389,7 @@ def register_cert(subparsers: SubParsers) -> None:
     sub = p.add_subparsers(dest="cert_command", metavar="COMMAND", required=True)
     show = sub.add_parser("show", help="decode and print a certificate")
     add_common_options(show, config=False)
-    show.add_argument("file", type=Path, metavar="FILE")
+    show.add_argument("file", type=path_arg, metavar="FILE")
     show.add_argument("--json", action="store_true", help="print one JSON object")
     show.set_defaults(handler=_cmd_cert_show)
     verify = sub.add_parser(
@@ -323,10 +399,10 @@ def register_cert(subparsers: SubParsers) -> None:
         "exit 1 with the reason.",
     )
     add_common_options(verify, config=False)
-    verify.add_argument("file", type=Path, metavar="FILE")
+    verify.add_argument("file", type=path_arg, metavar="FILE")
     anchor = verify.add_mutually_exclusive_group(required=True)
-    anchor.add_argument("--pubkey", type=Path, metavar="PATH", help="PEM public key")
-    anchor.add_argument("--x509", type=Path, metavar="PATH", help="PEM X.509 certificate")
+    anchor.add_argument("--pubkey", type=path_arg, metavar="PATH", help="PEM public key")
+    anchor.add_argument("--x509", type=path_arg, metavar="PATH", help="PEM X.509 certificate")
     verify.set_defaults(handler=_cmd_cert_verify)
 
 
@@ -352,7 +428,7 @@ def _cmd_peers_list(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        _emit("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3])
+        _emit("  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)), row[3]]))
     return 0
 
 
@@ -362,7 +438,7 @@ def register_peers(subparsers: SubParsers) -> None:
     lst = sub.add_parser("list", help="list the newest verified boot of each peer")
     add_common_options(lst)
     lst.add_argument(
-        "--state-dir", type=Path, metavar="DIR", help="state directory (default: config)"
+        "--state-dir", type=path_arg, metavar="DIR", help="state directory (default: config)"
     )
     lst.add_argument("--json", action="store_true", help="print a JSON list")
     lst.set_defaults(handler=_cmd_peers_list)
@@ -426,6 +502,22 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
     return undo
 
 
+class _Discard(io.TextIOBase):
+    """Output of a process started with stdout or stderr closed."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+def _ensure_std_streams() -> None:
+    """Started with stdout or stderr closed (``>&-``), Python sets them to None and the
+    first write would be a traceback: discard that output instead."""
+    if sys.stdout is None:
+        sys.stdout = cast(TextIO, _Discard())
+    if sys.stderr is None:
+        sys.stderr = cast(TextIO, _Discard())
+
+
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"{PROG}: error: {message}\n")
     return code
@@ -433,6 +525,7 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    _ensure_std_streams()
     try:
         parser = build_parser()
         try:
@@ -441,8 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             return e.code if isinstance(e.code, int) else 0
         handler: Handler | None = getattr(args, "handler", None)
         if handler is None:
-            parser.print_usage(sys.stderr)
-            return _fail("no command given (see 'rebootcert --help')", UsageError.exit_code)
+            raise UsageError("no command given", hint=f"see '{PROG} --help'")
         undo_logging = _setup_logging(args.verbose + getattr(args, "sub_verbose", 0))
         try:
             return handler(args)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
+import stat
 import string
 import tomllib
 from collections.abc import Callable, Mapping
@@ -61,6 +63,7 @@ MAX_CLOCK_SKEW_S = 86_400
 PEER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-@:")
 MAX_PEER_NAME = 64
 IFNAMSIZ = 16
+MAX_CONFIG_SIZE = 1 << 20  # far above any real configuration; /dev/zero must not eat memory
 
 
 @dataclass(frozen=True)
@@ -366,33 +369,72 @@ def _path(ctx: _Ctx, key: str, value: object) -> Path:
     return ctx.base_dir / _nonempty(ctx, key, value)
 
 
+def address_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a gateway address (config and command line), or None.
+
+    A zone (``fe80::1%eth0``) is refused: a certificate carries 16 bytes, and an address with
+    a zone never equals the zone-less address the kernel reports for a packet.
+    """
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return f"{text!r} is not an IP address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        return f"{text!r}: an address with a %zone is not supported (write it without the zone)"
+    return None
+
+
 def _address(ctx: _Ctx, key: str, value: object) -> IPAddress:
     if not isinstance(value, str):
         raise ctx.error(key, f"expected an IP address string, got {_kind(value)}")
+    problem = address_problem(value)
+    if problem is not None:
+        raise ctx.error(key, problem)
+    return ipaddress.ip_address(value)
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Linux interface name (config and command line), or None.
+
+    The kernel's rules (``dev_valid_name``): 1..15 bytes, no whitespace, ``/`` or ``:``,
+    not ``.`` or ``..``; NUL cannot be passed to the kernel at all.
+    """
+    problem = f"{name!r} is not a valid interface name"
+    if any(c.isspace() or c in "/:\x00" for c in name) or name in ("", ".", ".."):
+        return problem
     try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise ctx.error(key, f"{value!r} is not an IP address") from None
+        size = len(os.fsencode(name))  # the kernel counts bytes
+    except UnicodeEncodeError:
+        return problem
+    return problem if size >= IFNAMSIZ else None
 
 
 def _interface(ctx: _Ctx, key: str, value: object) -> str:
     name = _nonempty(ctx, key, value)
-    bad = any(c.isspace() or c in "/:" for c in name) or name in (".", "..")
-    if bad or len(name) >= IFNAMSIZ:
-        raise ctx.error(key, f"{name!r} is not a valid interface name")
+    problem = interface_name_problem(name)
+    if problem is not None:
+        raise ctx.error(key, problem)
     return name
 
 
 def _argument(ctx: _Ctx, key: str, value: object) -> str:
     arg = _nonempty(ctx, key, value)
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(arg)]
     except ValueError as e:
         raise ctx.error(key, f"bad placeholder in {arg!r}: {e} (write {{{{ for a brace)") from None
+    names = {f for f, _, _ in fields if f is not None}
     unknown = names - COMMAND_PLACEHOLDERS
     if unknown:
         known = ", ".join("{" + p + "}" for p in sorted(COMMAND_PLACEHOLDERS))
         raise ctx.error(key, f"unknown placeholder {{{sorted(unknown)[0]}}} (known: {known})")
+    for f, spec, conv in fields:
+        # {peer!x} or {peer:>{x}} would only fail when a peer reboots: refuse them now
+        if f is not None and (spec or conv):
+            suffix = f"!{conv}" if conv else f":{spec}"
+            raise ctx.error(
+                key, f"placeholder {{{f}{suffix}}}: write a plain {{{f}}} (no conversion or format)"
+            )
     return arg
 
 
@@ -648,18 +690,45 @@ def parse_config(text: str, *, base_dir: Path, source: str = "<config>") -> Conf
     return config
 
 
-def load_config(path: Path = DEFAULT_CONFIG_PATH) -> Config:
-    """Read and parse the configuration file at ``path``. Raises ConfigError only."""
+def _read_config_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CONFIG_SIZE; ConfigError otherwise."""
+
+    def cannot(reason: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(f"{path}: cannot read the configuration: {reason}", hint=hint)
+
     try:
-        raw = path.read_bytes()
+        # O_NONBLOCK: a FIFO in place of the file must not hang the boot service.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        hint = "pass --config PATH, or create it from docs/config.example.toml"
+        raise cannot(e.strerror or str(e), hint) from e
     except OSError as e:
-        reason = e.strerror or str(e)
-        raise ConfigError(
-            f"{path}: cannot read the configuration: {reason}",
-            hint="pass --config PATH, or create it from docs/config.example.toml",
-        ) from e
+        raise cannot(e.strerror or str(e)) from e
+    except ValueError as e:  # a NUL in the path
+        raise cannot(str(e)) from e
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise cannot("not a regular file")
+            raw = f.read(MAX_CONFIG_SIZE + 1)
+    except OSError as e:
+        raise cannot(e.strerror or str(e)) from e
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise cannot(f"larger than {MAX_CONFIG_SIZE} bytes")
+    return raw
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> Config:
+    """Read and parse the configuration file at ``path``. Raises ConfigError only.
+
+    A UTF-8 byte order mark (as some editors write) is ignored.
+    """
+    raw = _read_config_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    text = text.removeprefix("\ufeff")
     return parse_config(text, base_dir=path.absolute().parent, source=str(path))

@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -544,3 +545,191 @@ def test_console_script(tmp_path: Path) -> None:
         int(result.stdout)
         == BirthCertificate.from_bytes((tmp_path / "s" / "birth.cert").read_bytes()).boot_number
     )
+
+
+# ------------------------------------------------------------------ bad input (CLI audit)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keygen", "--key", ""],
+        ["boot", "--key", "k.pem", "--state-dir", ""],
+        ["boot", "--key", "", "--state-dir", "s"],
+        ["boot", "--state-dir", "s", "--config", ""],
+        ["boot", "--key", "k.pem", "--state-dir", "s", "--cert", ""],
+        ["cert", "show", ""],
+        ["cert", "verify", "c", "--pubkey", ""],
+        ["peers", "list", "--state-dir", ""],
+        ["status", "--state-dir", ""],
+    ],
+)
+def test_empty_paths_are_usage_errors(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Path("") is ".": "--state-dir ''" used to put the boot counter in the current directory
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "must not be empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_and_boot_never_replace_a_non_regular_file(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `keygen --key /dev/null --force` used to rename a key file over /dev/null
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        code, out, err = run(capsys, "keygen", "--key", target, "--force")
+        assert code == 1 and out == ""
+        assert_one_line_error(err, str(target), "not a regular file")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    # a directory as --cert: refused before a boot number is spent
+    state = tmp_path / "state"
+    code, _, err = run(capsys, "boot", "--key", key, "--state-dir", state, "--cert", tmp_path)
+    assert code == 3
+    assert_one_line_error(err, f"certificate {tmp_path}", "not a regular file")
+    assert not (state / "bootnum").exists()
+
+
+def test_fifos_and_closed_stdout_end_in_one_line(tmp_path: Path, key: Path, booted: Path) -> None:
+    """A FIFO in place of a file used to block forever; a closed stdout was a traceback."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    status_dir = tmp_path / "st"
+    status_dir.mkdir()
+    os.mkfifo(status_dir / "status.json")
+
+    def proc(*argv: str | Path, shell_suffix: str = "") -> subprocess.CompletedProcess[str]:
+        cmd = shlex.join([sys.executable, "-m", "pyrebootcert", *map(str, argv)])
+        return subprocess.run(
+            ["/bin/sh", "-c", f"exec {cmd} {shell_suffix}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+
+    for argv, fragment in (
+        (["cert", "show", fifo], f"certificate {fifo} is not a regular file"),
+        (["boot", "--config", fifo], f"{fifo}: cannot read the configuration: not a regular"),
+        (["status", "--state-dir", status_dir], "status.json is not a regular file"),
+        (["boot", "--key", key, "--state-dir", tmp_path / "s", "--cert", fifo], "not a regular"),
+    ):
+        result = proc(*argv)
+        assert result.returncode != 0, argv
+        assert_one_line_error(result.stderr, fragment)
+    result = proc("cert", "show", booted, shell_suffix=">&-")
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_peers_list_columns_are_separated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = PeerStore(tmp_path)
+    store.record(PeerRecord.create("192.0.2.2", 42, 1718000000 * 10**9, 1718000100 * 10**9))
+    code, out, _ = run(capsys, "peers", "list", "--state-dir", tmp_path)
+    assert code == 0
+    header, row = out.splitlines()
+    assert row.split() == [
+        "192.0.2.2",
+        "42",
+        "2024-06-10T06:13:20.000000000Z",
+        "2024-06-10T06:15:00.000000000Z",
+    ]
+    assert header.index("VERIFIED AT") == row.index("2024-06-10T06:15:00")
+
+
+def test_no_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "-v")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "no command given", "rebootcert --help")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--address", "fe80::1%eth0"], "%zone is not supported"),
+        (["--recover-from", "9" * 5000], "is not in 1..2**64-1"),
+    ],
+)
+def test_boot_more_usage_errors(
+    extra: list[str], fragment: str, tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "boot", "--key", key, "--state-dir", tmp_path / "s", *extra)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+    assert len(err) < 300
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ('{"version": 1, "peers": 5}', "'peers' is not a list of objects"),
+        ('{"version": 1, "peers": [{"addresses": [3]}]}', "'peers[].addresses'"),
+        ('{"version": 1, "interfaces": "eth0"}', "'interfaces' is not a list of objects"),
+        ('{"version": 1, "interfaces": null}', "'interfaces'"),
+        ('{"version": 1, "local_addresses": [1]}', "'local_addresses' is not a list of strings"),
+        ('{"version": 1, "counters": [1]}', "'counters' is not an object"),
+        ('{"version": 1, "xdp": [1]}', "'xdp' is not an object"),
+        ('{"version": 1, "decisions": {"a": 1}}', "'decisions' is not a list of objects"),
+        ('{"version": 1, "decisions": [1]}', "'decisions'"),
+        ('{"version": true}', "not a rebootcert status file (version 1)"),
+        ("[" * 100_000, "not valid JSON"),
+    ],
+)
+def test_status_corrupt_file_is_one_line(
+    doc: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "status.json").write_text(doc)
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "status", "--state-dir", tmp_path, *extra)
+        assert code == 1 and out == ""
+        assert_one_line_error(err, str(tmp_path / "status.json"), fragment)
+
+
+@pytest.mark.parametrize("pid", [0, -1, 10**30])
+def test_status_pid_that_names_no_process_is_not_running(
+    pid: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # os.kill(0, 0) signals our own process group and always succeeds
+    status = {"version": 1, "running": True, "pid": pid, "updated_ns": time.time_ns()}
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    code, out, err = run(capsys, "status", "--state-dir", tmp_path)
+    assert code == 3 and err == ""
+    assert "NOT RUNNING" in out
+
+
+@pytest.mark.parametrize("action", ["load", "unload", "status"])
+@pytest.mark.parametrize("iface", ["", ".", "..", "../..", "a/b", "eth0\n", "a\x00b", "x" * 16])
+def test_xdp_bad_interface_names_are_usage_errors(
+    action: str, iface: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # IFACE names the pin directory /sys/fs/bpf/rebootcert/IFACE; NUL was a ValueError traceback
+    code, out, err = run(capsys, "xdp", action, iface)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"xdp {action}: argument IFACE", "not a valid interface name")
+
+
+@pytest.mark.parametrize(
+    ("define", "fragment"),
+    [
+        ("RC_MAX_SAS=\N{SUPERSCRIPT TWO}", "is not NAME=INTEGER"),  # was a ValueError traceback
+        ("RC_MAX_SAS", "is not NAME=INTEGER"),
+        ("RC_MAX_SAS=-1", "is not NAME=INTEGER"),
+        ("RC_BOGUS=1", "unknown limit 'RC_BOGUS'"),
+        ("RC_MAX_SAS=4294967296", "above 4294967295"),
+    ],
+)
+def test_xdp_bad_defines_are_usage_errors(
+    define: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # checked before the interface, the configuration and the compiler
+    code, out, err = run(capsys, "xdp", "load", "rc-no-such-if0", "-D", define)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "xdp load: argument -D", fragment)

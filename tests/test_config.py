@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -373,3 +374,74 @@ def test_random_structured_documents_only_config_error(text: str) -> None:
         assert str(e).startswith("test.toml: ") and "\n" not in str(e)
     else:
         assert isinstance(cfg, Config)
+
+
+# ---- found by the CLI audit -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arg", "fragment"),
+    [
+        # accepted before, then KeyError/ValueError in expand_command when a peer rebooted
+        ("x{peer!z}", "placeholder {peer!z}: write a plain {peer}"),
+        ("x{peer!r}", "placeholder {peer!r}"),
+        ("{address:>{bogus}}", "placeholder {address:>{bogus}}"),
+        ("{peer:>{address}}", "placeholder {peer:>{address}}"),
+        ("{ike:d}", "placeholder {ike:d}"),
+        ("x{pear!r}", "unknown placeholder {pear}"),
+    ],
+)
+def test_placeholders_take_no_conversion_or_format(arg: str, fragment: str) -> None:
+    for text, key in (
+        (f"[renegotiate]\ncommand = [{json.dumps(arg)}]\n", "renegotiate.command[0]"),
+        (f"{PEER}[peers.renegotiate]\ncommand = [{json.dumps(arg)}]\n", "peers[0].renegotiate"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse(text)
+        assert str(info.value).startswith(f"test.toml: {key}"), info.value
+        assert fragment in str(info.value)
+
+
+def test_every_accepted_command_expands() -> None:
+    argv = ("/bin/x", "{peer}", "{address}:{ike}", "{{literal}}", "{peer:}")
+    cfg = parse(f"[renegotiate]\nbackend = 'command'\ncommand = {json.dumps(list(argv))}\n")
+    assert expand_command(cfg.renegotiate.command, peer="p", address="::1", ike="i") == [
+        "/bin/x",
+        "p",
+        "::1:i",
+        "{literal}",
+        "p",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[local]\naddresses = ['fe80::1%eth0']\n", "local.addresses[0]"),
+        (PEER.replace("198.51.100.2", "fe80::2%2"), "peers[0].addresses[0]"),
+    ],
+)
+def test_addresses_with_a_zone_are_refused(text: str, key: str) -> None:
+    # fe80::2%2 never equals the zone-less address a packet comes from: the peer never matched
+    with pytest.raises(ConfigError, match=rf"^test\.toml: {re.escape(key)}: .*%zone"):
+        parse(text)
+
+
+def test_load_config_ignores_a_utf8_bom(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf[xdp]\nmode = 'native'\n")
+    assert load_config(path).xdp.mode == "native"
+    path.write_bytes(b"\xef\xbb\xbf[xdp]\nmode = '\xff'\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 17\)"):
+        load_config(path)
+
+
+def test_load_config_refuses_huge_files_and_hints_only_when_missing(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match=r"big\.toml: cannot read the configuration: larger"):
+        load_config(big)
+    # "create it from docs/config.example.toml" is advice for a missing file only
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert info.value.hint is None

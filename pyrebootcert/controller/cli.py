@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 #: A status file older than this (seconds) means the daemon is not running.
 STALE_AFTER_S = 10.0
 EXIT_NOT_RUNNING = 3
+MAX_STATUS_FILE = 16 << 20
 
 EPILOG = """\
 examples:
@@ -29,7 +30,7 @@ examples:
 
 def register(subparsers: SubParsers) -> None:
     """Add ``run`` and ``status``."""
-    from ..cli import add_common_options
+    from ..cli import add_common_options, path_arg
 
     run = subparsers.add_parser(
         "run",
@@ -53,7 +54,7 @@ def register(subparsers: SubParsers) -> None:
     )
     add_common_options(status)
     status.add_argument(
-        "--state-dir", type=Path, metavar="DIR", help="state directory (default: config)"
+        "--state-dir", type=path_arg, metavar="DIR", help="state directory (default: config)"
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=_cmd_status)
@@ -67,25 +68,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(path)
 
 
+def _shape_problem(status: dict[str, Any]) -> str | None:
+    """What is wrong with the parts of a status document that :func:`format_status` walks."""
+
+    def list_of(value: object, kind: type) -> bool:
+        return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+    for key in ("counters", "xdp"):
+        if key in status and not isinstance(status[key], dict):
+            return f"{key!r} is not an object"
+    for key, kind in (
+        ("interfaces", dict),
+        ("local_addresses", str),
+        ("peers", dict),
+        ("decisions", dict),
+    ):
+        if key in status and not list_of(status[key], kind):
+            return f"{key!r} is not a list of {'objects' if kind is dict else 'strings'}"
+    for peer in status.get("peers", []):
+        if "addresses" in peer and not list_of(peer["addresses"], dict):
+            return "'peers[].addresses' is not a list of objects"
+    return None
+
+
 def read_status(state_dir: Path) -> dict[str, Any]:
-    """The daemon's status file; StateError if there is none or it is unreadable."""
+    """The daemon's status file; StateError if there is none or it is unreadable,
+    DecodeError if it is not a status file (whatever its contents)."""
+    from ..cli import read_regular_file
     from .daemon import STATUS_FILE
 
     path = state_dir / STATUS_FILE
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, "status file", MAX_STATUS_FILE, error=StateError)
     except FileNotFoundError as e:
         raise StateError(
             f"no status file {path}", hint="is 'rebootcert run' running with this state dir?"
         ) from e
-    except OSError as e:
-        raise StateError(f"cannot read {path}: {e.strerror}") from e
     try:
         status = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
         raise DecodeError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(status, dict) or status.get("version") != 1:
+    version = status.get("version") if isinstance(status, dict) else None
+    if not isinstance(status, dict) or type(version) is not int or version != 1:
         raise DecodeError(f"{path}: not a rebootcert status file (version 1)")
+    problem = _shape_problem(status)
+    if problem is not None:
+        raise DecodeError(f"{path}: not a rebootcert status file ({problem})")
     return status
 
 
@@ -102,11 +130,12 @@ def is_running(status: dict[str, Any], now_ns: int | None = None) -> bool:
 
 def pid_alive(pid: object) -> bool:
     """``pid`` is an int naming a live process (possibly another user's)."""
-    if not isinstance(pid, int):
+    # 0 and negative numbers name process groups (kill(0, 0) always succeeds), not a daemon
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

@@ -13,15 +13,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BpfError
+from ..errors import BpfError, UsageError
 from . import abi, libbpf
 from .loader import (
     MODES,
+    OVERRIDABLE,
     Classifier,
     ClassifierConfig,
     attached_program,
     detach_interface,
-    parse_defines,
     pin_dir,
     remove_pins,
 )
@@ -30,12 +30,50 @@ from .maps import ClassifierMaps
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
+U32_MAX = (1 << 32) - 1  # every overridable limit is a map size or an array length
+
 EPILOG = """\
 examples:
   rebootcert xdp load eth0 --mode native --config /etc/rebootcert/config.toml
   rebootcert xdp status eth0 --json
   rebootcert xdp unload eth0
 """
+
+
+def _iface_arg(text: str) -> str:
+    """argparse ``type`` of IFACE: a name the kernel could have given an interface.
+
+    It also names the pin directory (/sys/fs/bpf/rebootcert/IFACE), so ``..`` or ``a/b``
+    must never get that far.
+    """
+    from ..config import interface_name_problem  # the rule of local.interfaces
+
+    problem = interface_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _defines(items: list[str]) -> dict[str, int]:
+    """``-D NAME=VALUE`` options to a dict; UsageError (exit 2) for a bad one."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not (value.isascii() and value.isdigit()):
+            raise UsageError(
+                f"xdp load: argument -D: {item!r} is not NAME=INTEGER",
+                hint="e.g. -D RC_MAX_SAS=65536",
+            )
+        if name not in OVERRIDABLE:
+            raise UsageError(
+                f"xdp load: argument -D: unknown limit {name!r}",
+                hint=f"known: {', '.join(sorted(OVERRIDABLE))}",
+            )
+        number = int(value)
+        if number > U32_MAX:
+            raise UsageError(f"xdp load: argument -D: {name}={number} is above {U32_MAX}")
+        out[name] = number
+    return out
 
 
 def register(subparsers: SubParsers) -> None:
@@ -51,7 +89,7 @@ def register(subparsers: SubParsers) -> None:
     sub = xdp.add_subparsers(dest="xdp_command", metavar="ACTION", required=True)
 
     load = sub.add_parser("load", help="attach the classifier to IFACE, pin its maps, exit")
-    load.add_argument("iface", metavar="IFACE")
+    load.add_argument("iface", type=_iface_arg, metavar="IFACE")
     load.add_argument("--mode", choices=MODES, default=None, help="XDP mode (default: config)")
     load.add_argument(
         "-D",
@@ -65,12 +103,12 @@ def register(subparsers: SubParsers) -> None:
     load.set_defaults(handler=_cmd_load)
 
     unload = sub.add_parser("unload", help="detach the classifier from IFACE, remove its pins")
-    unload.add_argument("iface", metavar="IFACE")
+    unload.add_argument("iface", type=_iface_arg, metavar="IFACE")
     add_common_options(unload, config=False)
     unload.set_defaults(handler=_cmd_unload)
 
     status = sub.add_parser("status", help="counters by reason and map sizes of IFACE")
-    status.add_argument("iface", metavar="IFACE")
+    status.add_argument("iface", type=_iface_arg, metavar="IFACE")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     add_common_options(status, config=False)
     status.set_defaults(handler=_cmd_status)
@@ -80,13 +118,14 @@ def _cmd_load(args: argparse.Namespace) -> int:
     from ..cli import DEFAULT_CONFIG
     from ..config import load_config
 
+    defines = _defines(args.defines)  # usage errors first
     path: Path | None = args.config
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     cfg = load_config(path) if path is not None else None
     config = ClassifierConfig.from_config(cfg) if cfg is not None else ClassifierConfig()
     mode = args.mode or (cfg.xdp.mode if cfg is not None else "auto")
-    clf = Classifier(args.iface, mode=mode, config=config, defines=parse_defines(args.defines))
+    clf = Classifier(args.iface, mode=mode, config=config, defines=defines)
     try:
         if cfg is not None:
             clf.maps.sync_local_addresses(cfg.local.addresses)
