@@ -20,8 +20,9 @@
 
 /* ---- Maps (docs/classifier.md "Inputs") --------------------------------- */
 
-/* Known inbound SAs, and spi == 0 markers for our own addresses. */
-BPF_HASH(known_sas, struct rc_sa_key, __u8, RC_MAX_SAS);
+/* Known inbound SAs, and spi == 0 markers for our own addresses; one map per family. */
+BPF_HASH(known_sas4, struct rc_sa4_key, __u8, RC_MAX_SAS);
+BPF_HASH(known_sas6, struct rc_sa6_key, __u8, RC_MAX_SAS);
 /* Per-source token buckets; LRU so spoofed sources evict each other instead
  * of filling the table and making the limiter fail open. */
 BPF_TABLE("lru_hash", struct rc_addr, struct rc_bucket, limiter, RC_MAX_SOURCES);
@@ -69,12 +70,19 @@ static __always_inline void copy_addr(__u8 *dst, const __u8 *src, __u8 alen)
 
 static __always_inline int sa_known(struct rc_pkt *p, __be32 spi)
 {
-	struct rc_sa_key key = {};
+	if (p->family == RC_AF_INET) {
+		struct rc_sa4_key key4;
 
-	key.family = p->family;
-	key.spi = spi;
-	copy_addr(key.daddr, p->daddr, p->alen);
-	return known_sas.lookup(&key) != NULL;
+		key4.spi = spi;
+		__builtin_memcpy(key4.daddr, p->daddr, 4);
+		return known_sas4.lookup(&key4) != NULL;
+	} else {
+		struct rc_sa6_key key6;
+
+		key6.spi = spi;
+		__builtin_memcpy(key6.daddr, p->daddr, 16);
+		return known_sas6.lookup(&key6) != NULL;
+	}
 }
 
 #ifdef RC_XFRM_KFUNC
@@ -336,11 +344,6 @@ spi_lookup:
 		reason = RC_NOT_LOCAL;
 		goto out;
 	}
-	/* known_sas may lag behind the kernel by one netlink event: ask the SAD itself */
-	if (sa_in_kernel(ctx, &p, esp->spi)) {
-		reason = RC_KNOWN_SPI_KERNEL;
-		goto out;
-	}
 	if (!cfg) {
 		cfg = config.lookup(&zero);
 		if (!cfg) {
@@ -359,6 +362,14 @@ spi_lookup:
 	 * not compete with spoofed sources for the global budget */
 	if (!peer_lookup(&p) && !budget_take(now, cfg)) {
 		reason = RC_UNKNOWN_BUDGET_EXHAUSTED;
+		goto out;
+	}
+	/* About to tell user space. known_sas may lag behind the kernel by one netlink
+	 * event: ask the SAD itself first. Here, behind both budgets, so that a flood
+	 * of stale ESP never pays for the kfunc; a SA found costs its source a token. */
+	if (sa_in_kernel(ctx, &p, esp->spi)) {
+		action = XDP_PASS; /* a SA we hold: never dropped, whatever unknown_action */
+		reason = RC_KNOWN_SPI_KERNEL;
 		goto out;
 	}
 	{

@@ -51,7 +51,8 @@ def test_constants_follow_the_header(name: str) -> None:
 
 def test_layout_sizes() -> None:
     assert ct.sizeof(abi.RcAddr) == 20
-    assert ct.sizeof(abi.RcSaKey) == 24
+    assert ct.sizeof(abi.RcSa4Key) == 8
+    assert ct.sizeof(abi.RcSa6Key) == 20
     assert ct.sizeof(abi.RcBucket) == 16
     assert ct.sizeof(abi.RcConfig) == 64
     assert abi.EVENT_HEADER_SIZE == 56
@@ -59,8 +60,16 @@ def test_layout_sizes() -> None:
 
 
 def test_sa_key_holds_the_spi_in_wire_order() -> None:
-    key = bytes(abi.sa_key(ipaddress.ip_address("192.0.2.1"), 0x01020304))
-    assert key == bytes([4, 0, 0, 0, 1, 2, 3, 4, 192, 0, 2, 1]) + bytes(12)
+    name, key = abi.sa_key(ipaddress.ip_address("192.0.2.1"), 0x01020304)
+    assert (name, bytes(key)) == ("known_sas4", bytes([1, 2, 3, 4, 192, 0, 2, 1]))
+    name, key = abi.sa_key(ipaddress.ip_address("2001:db8::1"), 0x01020304)
+    v6 = ipaddress.ip_address("2001:db8::1").packed
+    assert (name, bytes(key)) == ("known_sas6", bytes([1, 2, 3, 4]) + v6)
+    assert abi.sa_from_key("known_sas6", bytes(key)) == (ipaddress.ip_address(v6), 0x01020304)
+    with pytest.raises(DecodeError, match="expected 8"):
+        abi.sa_from_key("known_sas4", bytes(key))
+    with pytest.raises(DecodeError, match="not a known-SA map"):
+        abi.sa_from_key("limiter", bytes(8))
     key6 = abi.addr_key(ipaddress.ip_address("2001:db8::1"), abi.LimiterKind.NOTIF)
     assert bytes(key6)[:4] == bytes([6, 2, 0, 0])
     with pytest.raises(ValueError):

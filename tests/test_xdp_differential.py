@@ -171,12 +171,15 @@ class Harness:
         """Empty the maps, write ``spec`` into them, return the model's twin state."""
         maps = self.clf.maps.maps
         self.ring.consume()
-        for name in ("known_sas", "peer_boot", "limiter"):
+        for name in ("known_sas4", "known_sas6", "peer_boot", "limiter"):
             maps[name].clear()
         state = spec.model_state(ringbuf_capacity=RING_CAPACITY)
         for family, daddr, spi in state.known_sas:
-            key = bytes([family, 0, 0, 0]) + spi.to_bytes(4, "big") + daddr  # __be32 spi
-            maps["known_sas"].update(key, b"\1")
+            # __be32 spi, then the address: 4 bytes in known_sas4, 16 in known_sas6
+            if family == 4:
+                maps["known_sas4"].update(spi.to_bytes(4, "big") + daddr[:4], b"\1")
+            else:
+                maps["known_sas6"].update(spi.to_bytes(4, "big") + daddr, b"\1")
         for (family, addr), boot in state.peer_boot.items():
             maps["peer_boot"].update(bytes([family, 0, 0, 0]) + addr, struct.pack("=Q", boot))
         for (family, kind, addr), b in state.limiter.items():
@@ -448,5 +451,8 @@ def test_program_matches_model(harness: Harness) -> None:
     assert harness.packets >= MIN_PACKETS
     assert harness.peer_lane["peer, budget would refuse"] >= MIN_PEER_LANE
     assert harness.peer_lane["twin of a peer, via budget"] > 0
-    unseen = [r.name for r in Reason if not harness.reasons[r]]
+    # The kernel's SAD holds no SAs for the generated addresses: where the kernel has the
+    # kfunc the program asks it before every would-be event, and the model agrees it misses. The hit
+    # (KNOWN_SPI_KERNEL) needs SAs in the kernel: tests/test_xdp_kernel_sad.py.
+    unseen = [r.name for r in Reason if not harness.reasons[r] and r != Reason.KNOWN_SPI_KERNEL]
     assert not unseen, f"the generator never reached {unseen}"

@@ -210,7 +210,7 @@ def test_cli_load_status_unload(
     st = json.loads(capsys.readouterr().out)
     assert st["attached"]["mode"] == "generic"
     assert st["attached"]["name"] == "xdp_rebootcert"
-    assert st["maps"]["known_sas"]["max_entries"] == 1024
+    assert st["maps"]["known_sas4"]["max_entries"] == 1024
     assert st["counters"]["NOT_LOCAL"] == 1  # no local address configured
     assert st["counters"]["NOT_ESP"] >= 1
     assert run("xdp", "status", veth) == 0

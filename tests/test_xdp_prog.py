@@ -55,7 +55,7 @@ def clf() -> Iterator[Classifier]:
 def reset(c: Classifier, config: ClassifierConfig = GENEROUS) -> None:
     """Empty every map and set the default world: our addresses, one SA each, two peers."""
     c.drain_events()
-    c.maps.maps["known_sas"].clear()
+    c.maps.clear_sas()
     c.maps.maps["peer_boot"].clear()
     c.maps.clear_limiter()
     c.maps.reset_stats()
@@ -564,7 +564,8 @@ def test_abi_sizes_match_the_compiled_maps(clf: Classifier) -> None:
     import ctypes as ct
 
     m = clf.maps.maps
-    assert (m["known_sas"].key_size, m["known_sas"].value_size) == (ct.sizeof(abi.RcSaKey), 1)
+    assert (m["known_sas4"].key_size, m["known_sas4"].value_size) == (ct.sizeof(abi.RcSa4Key), 1)
+    assert (m["known_sas6"].key_size, m["known_sas6"].value_size) == (ct.sizeof(abi.RcSa6Key), 1)
     assert m["limiter"].key_size == ct.sizeof(abi.RcAddr)
     assert m["limiter"].value_size == ct.sizeof(abi.RcBucket)
     assert m["peer_boot"].key_size == ct.sizeof(abi.RcAddr)

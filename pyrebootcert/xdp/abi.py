@@ -128,15 +128,29 @@ class RcAddr(ct.Structure):
     )
 
 
-class RcSaKey(ct.Structure):
-    """``struct rc_sa_key``: known_sas key; ``spi`` is stored in wire order."""
+class RcSa4Key(ct.Structure):
+    """``struct rc_sa4_key``: known_sas4 key; ``spi`` is stored in wire order."""
 
     _fields_ = (
-        ("family", ct.c_uint8),
-        ("pad", ct.c_uint8 * 3),
+        ("spi", ct.c_uint32),
+        ("daddr", ct.c_uint8 * 4),
+    )
+
+
+class RcSa6Key(ct.Structure):
+    """``struct rc_sa6_key``: known_sas6 key; ``spi`` is stored in wire order."""
+
+    _fields_ = (
         ("spi", ct.c_uint32),
         ("daddr", ct.c_uint8 * 16),
     )
+
+
+#: The known-SA map of each family, and its key type.
+SA_MAPS: dict[Family, tuple[str, type[RcSa4Key] | type[RcSa6Key]]] = {
+    Family.INET: ("known_sas4", RcSa4Key),
+    Family.INET6: ("known_sas6", RcSa6Key),
+}
 
 
 class RcBucket(ct.Structure):
@@ -203,15 +217,26 @@ def addr_from16(family: int, raw: bytes) -> IPAddress:
     raise DecodeError(f"bad address family {family} in an XDP record")
 
 
-def sa_key(addr: IPAddress, spi: int) -> RcSaKey:
-    """known_sas key for (local address, SPI); ``spi`` is the host-order number."""
+def sa_key(addr: IPAddress, spi: int) -> tuple[str, RcSa4Key | RcSa6Key]:
+    """(map name, key) of the known-SA entry (local address, SPI); ``spi`` in host order."""
     if not 0 <= spi <= 0xFFFFFFFF:
         raise ValueError(f"SPI {spi} does not fit in 32 bits")
-    key = RcSaKey()
-    key.family = family_of(addr)
+    name, cls = SA_MAPS[family_of(addr)]
+    key = cls()
     key.spi = int.from_bytes(spi.to_bytes(4, "big"), sys.byteorder)  # wire order in memory
-    key.daddr[:] = addr_bytes16(addr)
-    return key
+    key.daddr[:] = list(addr.packed)
+    return name, key
+
+
+def sa_from_key(name: str, raw: bytes) -> tuple[IPAddress, int]:
+    """Inverse of :func:`sa_key`: (address, host-order SPI) of a raw key of map ``name``."""
+    for family, (map_name, cls) in SA_MAPS.items():
+        if map_name == name:
+            if len(raw) != ct.sizeof(cls):
+                raise DecodeError(f"{name} key of {len(raw)} bytes, expected {ct.sizeof(cls)}")
+            key = cls.from_buffer_copy(raw)
+            return addr_from16(family, bytes(key.daddr)), spi_from_wire(key.spi)
+    raise DecodeError(f"{name} is not a known-SA map")
 
 
 def addr_key(addr: IPAddress, kind: LimiterKind = LimiterKind.NONE) -> RcAddr:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BpfError, ConfigError, DecodeError
 from . import abi, kfunc, libbpf, prereq
-from .maps import PIN_ROOT, BpfMap, ClassifierMaps
+from .maps import MAP_NAMES, PIN_ROOT, BpfMap, ClassifierMaps
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -312,18 +312,7 @@ class Classifier:
         self.prog_fd: int = _load_func(self._bpf, PROG_NAME, kfuncs).fd
         self.test_prog_fd: int = _load_func(self._bpf, TEST_PROG_NAME, kfuncs).fd
         self.maps = ClassifierMaps(
-            {
-                name: BpfMap(name, self._bpf[name.encode()].map_fd, owned=False)
-                for name in (
-                    "known_sas",
-                    "limiter",
-                    "peer_boot",
-                    "config",
-                    "budget",
-                    "stats",
-                    "events",
-                )
-            }
+            {name: BpfMap(name, self._bpf[name.encode()].map_fd, owned=False) for name in MAP_NAMES}
         )
         self.set_config(self.config)
         self._callback: Callable[[abi.Event], None] | None = None

@@ -19,7 +19,8 @@ from typing import TypeVar
 from ..errors import BpfError
 from . import abi, libbpf
 
-MAP_NAMES = ("known_sas", "limiter", "peer_boot", "config", "budget", "stats", "events")
+SA_MAP_NAMES = tuple(name for name, _ in abi.SA_MAPS.values())
+MAP_NAMES = (*SA_MAP_NAMES, "limiter", "peer_boot", "config", "budget", "stats", "events")
 
 PIN_ROOT = Path("/sys/fs/bpf/rebootcert")
 
@@ -169,23 +170,30 @@ class ClassifierMaps:
     def add_sa(self, daddr: abi.IPAddress | str, spi: int) -> None:
         if spi == 0:
             raise ValueError("SPI 0 is reserved (RFC 4303); use set_local_address")
-        self.maps["known_sas"].update(abi.sa_key(parse_address(daddr), spi), b"\1")
+        name, key = abi.sa_key(parse_address(daddr), spi)
+        self.maps[name].update(key, b"\1")
 
     def remove_sa(self, daddr: abi.IPAddress | str, spi: int) -> bool:
-        return self.maps["known_sas"].delete(abi.sa_key(parse_address(daddr), spi))
+        name, key = abi.sa_key(parse_address(daddr), spi)
+        return self.maps[name].delete(key)
 
     def set_local_address(self, addr: abi.IPAddress | str, local: bool = True) -> None:
         """Mark (or unmark) ``addr`` as ours: ESP to other addresses is NOT_LOCAL."""
-        key = abi.sa_key(parse_address(addr), 0)
+        name, key = abi.sa_key(parse_address(addr), 0)
         if local:
-            self.maps["known_sas"].update(key, b"\1")
+            self.maps[name].update(key, b"\1")
         else:
-            self.maps["known_sas"].delete(key)
+            self.maps[name].delete(key)
+
+    def clear_sas(self) -> None:
+        """Empty both known-SA maps, local-address markers included."""
+        for name in SA_MAP_NAMES:
+            self.maps[name].clear()
 
     def _sa_entries(self) -> Iterator[tuple[abi.IPAddress, int]]:
-        for raw in self.maps["known_sas"].iter_keys():
-            key = _struct(abi.RcSaKey, raw)
-            yield abi.addr_from16(key.family, bytes(key.daddr)), abi.spi_from_wire(key.spi)
+        for name in SA_MAP_NAMES:
+            for raw in self.maps[name].iter_keys():
+                yield abi.sa_from_key(name, raw)
 
     def sas(self) -> set[SaEntry]:
         """Known SAs (without the SPI-0 local-address markers)."""
@@ -282,7 +290,7 @@ class ClassifierMaps:
         out = []
         for name in MAP_NAMES:
             m = self.maps[name]
-            counted = name in ("known_sas", "limiter", "peer_boot")
+            counted = name in (*SA_MAP_NAMES, "limiter", "peer_boot")
             n = sum(1 for _ in m.iter_keys()) if counted else None
             out.append(MapSummary(name, m.map_id, m.max_entries, n))
         return out

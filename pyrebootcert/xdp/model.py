@@ -339,8 +339,6 @@ def _spi_lookup(
         return Reason.KNOWN_SPI, None
     if (ip.family, ip.daddr, 0) not in state.known_sas:
         return Reason.NOT_LOCAL, None
-    if (ip.family, ip.daddr, spi) in state.kernel_sas:  # known_sas lags behind the kernel
-        return Reason.KNOWN_SPI_KERNEL, None
     cfg = state.config
     if not _limiter_take(
         state, (ip.family, RC_LIM_ESP, ip.saddr), now_ns, cfg.src_rate_per_s, cfg.src_burst
@@ -349,6 +347,9 @@ def _spi_lookup(
     # the peer lane: a configured peer address skips the global budget (not even refilled)
     if (ip.family, ip.saddr) not in state.peer_boot and not _budget_take(state, now_ns):
         return Reason.UNKNOWN_BUDGET_EXHAUSTED, None
+    # behind both budgets: known_sas may lag behind the kernel's SAD (tokens stay spent)
+    if (ip.family, ip.daddr, spi) in state.kernel_sas:
+        return Reason.KNOWN_SPI_KERNEL, None
     l4_off = ip.l4 - ip.l3
     quote = l4_off + (8 if encap == RC_ENCAP_UDP else 0) + RC_ESP_QUOTE_TAIL
     data_len = min(quote, len(frame) - ip.l3, state.limits.event_data_max)
