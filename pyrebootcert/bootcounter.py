@@ -18,7 +18,10 @@ State directory layout
 
 Reserve (write order)
 ---------------------
-1. take the lock; delete temporary files left by killed runs;
+1. take the lock; delete temporary files left by killed runs; refuse (StateError) if a copy, or
+   the certificate path, is something :func:`~pyrebootcert.fsutil.atomic_write` cannot replace
+   (a directory, FIFO, socket, device or dangling symbolic link), so that no number is spent
+   on a run that could not finish;
 2. read the stored number (below) and compute ``next``;
 3. write ``bootnum`` atomically (temp file, fsync, rename, fsync of the directory), then
    ``bootnum.bak`` the same way, then ``initialised`` if missing;
@@ -35,6 +38,11 @@ Reading and the recovery rule
   valid one is used and both are rewritten by the reservation.
 * A copy that exists but cannot be *read* (permission denied, I/O error) is an error
   (:class:`~pyrebootcert.errors.StateError`), never treated as missing.
+* A copy that is not a regular file (a directory, FIFO, socket or device; a symbolic link is
+  followed) is invalid and is never read: a FIFO would block the boot, a device might never
+  end. A dangling symbolic link counts as an invalid copy too, not as a missing one. Either
+  way the copy is present, so the directory is not fresh, and the reservation refuses (step 1)
+  until an operator removes it: the counter is never rewritten around it.
 * Fresh directory (none of ``bootnum``, ``bootnum.bak``, ``initialised`` exists): stored = 0.
 * Initialised but no valid copy (both deleted, corrupt or truncated): the counter is lost.
   - with a sane wall clock (at or after 2024-01-01 UTC): next = the current Unix second, with a
@@ -46,7 +54,9 @@ Reading and the recovery rule
 * ``recover_from`` is otherwise a floor: next = max(computed next, N); it can never move the
   counter backwards.
 * The previously written certificate (if given to :func:`perform_boot` and decodable) is one
-  more floor: next > its boot number.
+  more floor: next > its boot number. One that is not decodable (or too large to be a
+  certificate) is ignored with a warning; one that exists but cannot be read is a StateError,
+  like an unreadable copy, since ignoring it could lower the floor.
 
 Next number
 -----------
@@ -62,6 +72,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import time
 import zlib
@@ -72,7 +83,14 @@ from pathlib import Path
 from .cert import MAX_ADDRS, U64_MAX, BirthCertificate, IPAddress
 from .crypto import PrivateKey, load_private_key, sign_certificate
 from .errors import DecodeError, StateError
-from .fsutil import atomic_write, ensure_dir, file_lock, remove_stale_temps
+from .fsutil import (
+    atomic_write,
+    ensure_dir,
+    file_lock,
+    read_regular_file,
+    remove_stale_temps,
+    replacement_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +147,28 @@ class CounterState:
     problems: tuple[str, ...]  # human-readable, one per missing/invalid copy
 
 
+class _NotRegular(Exception):
+    """A counter copy is not a regular file (``kind`` says what it is)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 def _read_copy(path: Path) -> tuple[int | None, bool, str | None]:
     """(value, exists, problem) for one copy. Raises StateError if it cannot be read."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_RECORD_LEN + 1)
+        data = read_regular_file(
+            path, "boot counter", MAX_RECORD_LEN, error=StateError, not_regular=_NotRegular
+        )
     except FileNotFoundError:
+        if path.is_symlink():
+            return None, True, f"{path.name} is a symbolic link to a missing file"
         return None, False, f"{path.name} is missing"
-    except IsADirectoryError:
-        return None, True, f"{path.name} is a directory"
-    except OSError as e:
-        raise StateError(f"cannot read boot counter {path}: {e.strerror}") from e
+    except _NotRegular as e:
+        return None, True, f"{path.name} is {e.kind}"
+    except DecodeError:
+        return None, True, f"{path.name} is invalid: longer than {MAX_RECORD_LEN} bytes"
     try:
         return decode_record(data), True, None
     except DecodeError as e:
@@ -151,7 +180,7 @@ def read_state(state_dir: Path) -> CounterState:
     state_dir = Path(state_dir)
     primary, p_exists, p_problem = _read_copy(state_dir / PRIMARY)
     backup, b_exists, b_problem = _read_copy(state_dir / BACKUP)
-    marker = (state_dir / MARKER).exists()
+    marker = os.path.lexists(state_dir / MARKER)
     valid = [v for v in (primary, backup) if v is not None]
     problems = tuple(p for p in (p_problem, b_problem) if p is not None)
     return CounterState(
@@ -222,6 +251,8 @@ def next_number(
 def _reserve_locked(state_dir: Path, *, now_ns: int, recover_from: int | None, floor: int) -> int:
     for stale in remove_stale_temps(state_dir, (PRIMARY, BACKUP, MARKER)):
         log.info("removed %s left by an interrupted run", stale)
+    for name in (PRIMARY, BACKUP):  # both copies must be rewritable before a number is spent
+        replacement_target(state_dir / name)
     state = read_state(state_dir)
     if state.stored is not None and state.problems:
         log.warning(
@@ -233,7 +264,7 @@ def _reserve_locked(state_dir: Path, *, now_ns: int, recover_from: int | None, f
     record = encode_record(number)
     atomic_write(state_dir / PRIMARY, record, mode=0o644)
     atomic_write(state_dir / BACKUP, record, mode=0o644)
-    if not (state_dir / MARKER).exists():
+    if not os.path.lexists(state_dir / MARKER):
         atomic_write(state_dir / MARKER, b"rebootcert boot counter initialised\n", mode=0o644)
     log.debug("reserved boot number %d in %s", number, state_dir)
     return number
@@ -250,15 +281,20 @@ def reserve_next(
 
 
 def _previous_certificate_number(cert_path: Path) -> int:
-    """Boot number of the certificate currently at ``cert_path`` (0 if none or unreadable)."""
+    """Boot number of the certificate currently at ``cert_path``: 0 if there is none or it is
+    not a valid certificate; StateError if it exists but cannot be read or is not a regular
+    file (it is a floor for the boot number: ignoring it could reuse a number)."""
     try:
-        with cert_path.open("rb") as f:
-            data = f.read(MAX_CERT_FILE + 1)
+        data = read_regular_file(cert_path, "previous certificate", MAX_CERT_FILE, error=StateError)
     except FileNotFoundError:
         return 0
-    except OSError as e:
-        log.warning("cannot read the previous certificate %s: %s", cert_path, e.strerror)
+    except DecodeError as e:  # larger than any certificate
+        log.warning("previous certificate %s is not valid (%s); ignoring it", cert_path, e)
         return 0
+    except StateError as e:
+        raise StateError(
+            str(e), hint="it is a floor for the boot number: repair the file or move it aside"
+        ) from e
     try:
         return BirthCertificate.from_bytes(data).boot_number
     except DecodeError as e:
@@ -290,11 +326,14 @@ def perform_boot(
         raise ValueError(f"at most {MAX_ADDRS} addresses fit in a certificate")
     ensure_dir(state_dir)
     with file_lock(state_dir / LOCK):
+        # What atomic_write will replace: refuses a FIFO, device or directory at cert_path
+        # before a number is spent; the file a symbolic link names, if it is one.
+        target = replacement_target(cert_path)
         floor = _previous_certificate_number(cert_path)
         number = _reserve_locked(state_dir, now_ns=clock(), recover_from=recover_from, floor=floor)
         cert = sign_certificate(key, boot_number=number, boot_time_ns=clock(), addresses=addrs)
         ensure_dir(cert_path.parent)
-        remove_stale_temps(cert_path.parent, (cert_path.name,))
+        remove_stale_temps(target.parent, (target.name,))
         atomic_write(cert_path, cert.to_bytes(), mode=0o644)
     log.info("boot %d: certificate written to %s", number, cert_path)
     return cert

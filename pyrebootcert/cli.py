@@ -37,6 +37,7 @@ from .errors import (
     StateError,
     UsageError,
 )
+from .fsutil import read_regular_file
 from .xdp import cli as xdp_cli
 
 if TYPE_CHECKING:
@@ -94,40 +95,13 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
-def read_regular_file(
-    path: Path, what: str, limit: int, *, error: type[RebootCertError] = KeyFileError
-) -> bytes:
-    """The contents of the regular file ``path``: at most ``limit`` bytes, else DecodeError.
-
-    Anything else in its place (a directory, a FIFO, a device) is ``error``, without reading
-    it: a FIFO would block forever, /dev/zero would never end. FileNotFoundError is left to
-    the caller (each says "missing" in its own words); every other OSError is ``error``.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise error(f"cannot read {what} {path}: {e.strerror}") from e
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise error(f"{what} {path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise error(f"cannot read {what} {path}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise DecodeError(f"{path}: too large for {what} (> {limit} bytes)")
-    return data
-
-
 def refuse_to_replace_special(path: Path, what: str, error: type[RebootCertError]) -> None:
     """Raise ``error`` unless ``path`` is absent or a regular file (or a link to one).
 
-    Our writers replace the file by rename, which would swap a device (``/dev/null``), a FIFO
-    or a socket for a regular file.
+    :func:`~pyrebootcert.fsutil.atomic_write` refuses these itself (a rename would swap a
+    device such as ``/dev/null``, a FIFO or a socket for a regular file); this earlier check
+    says so in the command's words before any work is done (a key generated, a boot number
+    reserved).
     """
     try:
         st = path.stat()
@@ -215,7 +189,7 @@ def _iso_ns(ns: int) -> str:
 
 def _read_certificate(path: Path) -> tuple[BirthCertificate, int]:
     try:
-        data = read_regular_file(path, "certificate", MAX_CERT_FILE)
+        data = read_regular_file(path, "certificate", MAX_CERT_FILE, error=KeyFileError)
     except FileNotFoundError as e:
         raise KeyFileError(f"certificate {path} does not exist") from e
     except DecodeError as e:

@@ -148,9 +148,9 @@ def save_private_key(key: PrivateKey, path: Path, *, overwrite: bool = False) ->
     atomic_write(path, pem, mode=0o600, overwrite=overwrite, error=KeyFileError)
 
 
-def _read_key_file(path: Path, *, private: bool) -> bytes:
-    """Read a key/certificate file, refusing unsafe private key permissions."""
-    what = "private key" if private else "file"
+def _read_key_file(path: Path, what: str, *, private: bool = False) -> bytes:
+    """Read a key/certificate file (``what`` names it in messages, e.g. "public key"),
+    refusing unsafe private key permissions."""
     try:
         # O_NONBLOCK: a FIFO in place of the key must not hang the boot service.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -189,7 +189,7 @@ def load_private_key(path: Path) -> PrivateKey:
     accessible by group/others, encrypted, malformed or of an unsupported type.
     """
     path = Path(path)
-    data = _read_key_file(path, private=True)
+    data = _read_key_file(path, "private key", private=True)
     try:
         if _is_pem(data):
             key = serialization.load_pem_private_key(data, password=None)
@@ -214,7 +214,7 @@ def load_private_key(path: Path) -> PrivateKey:
 def load_public_key(path: Path) -> PublicKey:
     """Load a PEM (or DER) SubjectPublicKeyInfo public key of a supported type."""
     path = Path(path)
-    data = _read_key_file(path, private=False)
+    data = _read_key_file(path, "public key")
     if b"-----BEGIN CERTIFICATE-----" in data:
         raise KeyFileError(f"{path} is an X.509 certificate, not a public key", hint="use --x509")
     try:
@@ -339,7 +339,7 @@ class TrustAnchor:
         current time).
         """
         path = Path(path)
-        data = _read_key_file(path, private=False)
+        data = _read_key_file(path, "X.509 certificate")
         try:
             certificate = x509.load_pem_x509_certificate(data)
         except ValueError:

@@ -13,7 +13,25 @@ Temporary files are named ``.<name>.<random>.tmp``; a process killed mid-write l
 which :func:`remove_stale_temps` deletes (call it only while holding the lock that serialises the
 writers of that directory).
 
-:func:`file_lock` serialises concurrent runs with an exclusive ``flock`` on a lock file.
+What :func:`atomic_write` replaces (:func:`replacement_target`): only a regular file. A missing
+path is created; a directory, FIFO, socket or device in its place is refused before anything is
+written (a rename would swap ``/dev/null`` or a FIFO for a regular file). A symbolic link to a
+regular file is *written through*: the file it names is replaced atomically (the temporary file
+goes next to that file, whose directory is then fsync'ed) and the link itself is kept, as a shell
+redirection or ``cp`` would do, so an operator who links ``birth.cert`` to other storage keeps
+that link. A dangling link is refused (writing through it would create a file wherever it
+points), and so are a loop and a link to anything but a regular file. The check and the rename
+are not one atomic step: whoever may write into the directory can still race it, which is why
+every directory holding durable state must be writable by root only (anyone who can write there
+can reset the boot counter anyway).
+
+:func:`read_regular_file` reads durable state (boot counter, previous certificate, peer records,
+status file) and the CLI's input files: it refuses anything but a regular file without reading it
+(a FIFO would block, ``/dev/zero`` would never end) and caps the size.
+
+:func:`file_lock` serialises concurrent runs with an exclusive ``flock`` on a lock file. The lock
+file is never reached through a symbolic link (``O_NOFOLLOW``: a dangling ``lock`` link would
+otherwise make ``O_CREAT`` create its target anywhere) and must be a regular file.
 
 Every ``OSError`` is wrapped in the caller-chosen :class:`~pyrebootcert.errors.RebootCertError`
 subclass (``StateError`` by default) with the path in the message.
@@ -22,19 +40,127 @@ subclass (``StateError`` by default) with the path in the message.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import RebootCertError, StateError
+from .errors import DecodeError, RebootCertError, StateError
 
 TEMP_SUFFIX = ".tmp"
 
 
 def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
+
+
+def file_kind(mode: int) -> str:
+    """What ``mode`` (``st_mode``) says a file is, for messages: "a FIFO", "a directory", ..."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return kind
+    return "a file of unknown type"  # pragma: no cover - no other file types on Linux
+
+
+def read_regular_file(
+    path: Path,
+    what: str,
+    limit: int,
+    *,
+    error: type[RebootCertError] = StateError,
+    not_regular: Callable[[str], Exception] | None = None,
+) -> bytes:
+    """The contents of the regular file ``path``: at most ``limit`` bytes, else DecodeError.
+
+    Anything else in its place (a directory, a FIFO, a device) is ``error``
+    ("<what> <path> is not a regular file"), without reading it: a FIFO would block forever,
+    /dev/zero would never end. A caller that handles that case itself passes ``not_regular``:
+    it is called with the file's kind (:func:`file_kind`, e.g. "a FIFO") and what it returns
+    is raised instead. The file is opened non-blocking and through symbolic links.
+    FileNotFoundError (also for a dangling link) is left to the caller (each says "missing" in
+    its own words); every other OSError is ``error``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from e
+    except ValueError as e:  # a NUL in the path
+        raise error(f"cannot read {what} {str(path)!r}: {e}") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if not_regular is not None:
+                raise not_regular(file_kind(mode))
+            raise error(f"{what} {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise DecodeError(f"{path}: too large for {what} (> {limit} bytes)")
+    return data
+
+
+def replacement_target(path: Path, *, error: type[RebootCertError] = StateError) -> Path:
+    """The file :func:`atomic_write` (``overwrite=True``) replaces to write ``path``.
+
+    ``path`` itself if it is missing or a regular file; the regular file at the end of the
+    link if it is a symbolic link to one. ``error`` for anything else: a directory, FIFO,
+    socket or device, a dangling link, a loop, a link to a non-regular file. A missing or
+    unusable parent directory is left to the writer to report.
+    """
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return path
+    except OSError as e:
+        raise error(f"cannot write {path}: {e.strerror}") from e
+    if stat.S_ISREG(mode):
+        return path
+    if stat.S_ISDIR(mode):  # rename(2) refuses this too, with the same words
+        raise error(f"cannot write {path}: {os.strerror(errno.EISDIR)}")
+    if not stat.S_ISLNK(mode):
+        raise error(
+            f"cannot write {path}: it is {file_kind(mode)}, not a regular file",
+            hint="refusing to replace it",
+        )
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+        mode = os.stat(target).st_mode
+    except FileNotFoundError as e:
+        try:
+            where = f" to {os.readlink(path)}"
+        except OSError:
+            where = ""
+        raise error(
+            f"cannot write {path}: it is a symbolic link{where}, which does not exist",
+            hint="refusing to create a file through a dangling link",
+        ) from e
+    except OSError as e:
+        raise error(f"cannot write {path}: cannot follow the symbolic link: {e.strerror}") from e
+    if not stat.S_ISREG(mode):
+        raise error(
+            f"cannot write {path}: it is a symbolic link to {target}, which is "
+            f"{file_kind(mode)}, not a regular file",
+            hint="refusing to replace it",
+        )
+    return target
 
 
 def fsync_dir(directory: Path, *, error: type[RebootCertError] = StateError) -> None:
@@ -86,10 +212,15 @@ def atomic_write(
     """Durably replace ``path`` with ``data`` (temp file, fsync, rename, fsync of the directory).
 
     ``mode`` is applied exactly (independent of the umask) before any data is written.
-    With ``overwrite=False`` an existing ``path`` is never replaced: the temporary file is
-    hard-linked into place, which fails atomically if the name exists (``error`` is raised).
+    Only a regular file is ever replaced (see :func:`replacement_target`: anything else is
+    ``error`` before a byte is written; a symbolic link to a regular file is written through
+    and kept). With ``overwrite=False`` an existing ``path`` (of any type, a link included) is
+    never replaced: the temporary file is hard-linked into place, which fails atomically if
+    the name exists (``error`` is raised).
     """
     path = Path(path)
+    if overwrite:
+        path = replacement_target(path, error=error)
     directory = path.parent
     try:
         fd, tmp_name = tempfile.mkstemp(
@@ -155,13 +286,29 @@ def file_lock(path: Path, *, error: type[RebootCertError] = StateError) -> Itera
     """Hold an exclusive ``flock`` on ``path`` (created 0600 if missing) for the ``with`` block.
 
     Blocks until the lock is free. The kernel drops the lock when the process dies, so a killed
-    run never leaves the lock held.
+    run never leaves the lock held. ``path`` must be a regular file or missing: a symbolic link
+    is never followed (``O_NOFOLLOW``; ``O_CREAT`` would create a dangling link's target
+    anywhere), and anything else is ``error``.
     """
+    # O_NONBLOCK: a device in its place must not block the open (flock still waits for the
+    # lock: that is LOCK_NB's business, not the descriptor's).
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags, 0o600)
     except OSError as e:
+        if e.errno == errno.ELOOP and os.path.islink(path):
+            raise error(
+                f"lock file {path} is a symbolic link",
+                hint="refusing to follow it; remove the link",
+            ) from e
         raise error(f"cannot open lock file {path}: {e.strerror}") from e
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(
+                f"lock file {path} is {file_kind(mode)}, not a regular file",
+                hint="refusing to use it; remove it",
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # EINTR is retried by Python (PEP 475)
         except OSError as e:

@@ -12,8 +12,10 @@ Storage: one JSON file ``<state_dir>/peers.json``::
 written with :func:`~pyrebootcert.fsutil.atomic_write` under an exclusive lock
 (``peers.lock``) for the read-modify-write. Addresses are stored in canonical form
 (``ipaddress`` compressed text). A missing file means "no peer recorded yet"; a file that
-exists but is corrupt is a :class:`~pyrebootcert.errors.StateError`, never silently an empty
-store (that would reopen the replay window for every peer).
+exists but is corrupt, unreadable or not a regular file (a FIFO is never read: it would block
+the daemon), and a dangling symbolic link in its place, is a
+:class:`~pyrebootcert.errors.StateError`, never silently an empty store (that would reopen the
+replay window for every peer).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from .cert import U64_MAX
 from .errors import DecodeError, StateError
-from .fsutil import atomic_write, ensure_dir, file_lock, remove_stale_temps
+from .fsutil import atomic_write, ensure_dir, file_lock, read_regular_file, remove_stale_temps
 
 PEERS_FILE = "peers.json"
 PEERS_LOCK = "peers.lock"
@@ -94,8 +96,12 @@ def decode_peers(data: bytes) -> dict[str, PeerRecord]:
     version = doc.get("version")
     if version != FORMAT_VERSION or type(version) is not int:
         raise DecodeError(f"unsupported format version {version!r} (expected {FORMAT_VERSION})")
-    if set(doc) != {"version", "peers"}:
-        raise DecodeError(f"unexpected keys {sorted(set(doc) - {'version', 'peers'})}")
+    unexpected = sorted(set(doc) - {"version", "peers"})
+    if "peers" not in doc:
+        also = f" (and unexpected keys {unexpected})" if unexpected else ""
+        raise DecodeError(f"missing key 'peers'{also}")
+    if unexpected:
+        raise DecodeError(f"unexpected keys {unexpected}")
     peers = doc["peers"]
     if not isinstance(peers, list):
         raise DecodeError("'peers' is not a list")
@@ -125,16 +131,27 @@ class PeerStore:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / PEERS_FILE
 
+    def _not_regular(self, kind: str) -> StateError:
+        return StateError(f"cannot read peer records {self.path}: it is {kind}, not a regular file")
+
     def _load(self) -> dict[str, PeerRecord]:
         try:
-            with self.path.open("rb") as f:
-                data = f.read(MAX_FILE_SIZE + 1)
-        except FileNotFoundError:
-            return {}
-        except OSError as e:
-            raise StateError(f"cannot read peer records {self.path}: {e.strerror}") from e
-        if len(data) > MAX_FILE_SIZE:
-            raise StateError(f"peer records {self.path} are too large")
+            data = read_regular_file(
+                self.path,
+                "peer records",
+                MAX_FILE_SIZE,
+                error=StateError,
+                not_regular=self._not_regular,
+            )
+        except FileNotFoundError as e:
+            if not self.path.is_symlink():
+                return {}
+            raise StateError(
+                f"cannot read peer records {self.path}: it is a symbolic link to a missing file",
+                hint="an empty store would forget every peer's boot; fix or remove the link",
+            ) from e
+        except DecodeError as e:
+            raise StateError(f"peer records {self.path} are too large") from e
         try:
             return decode_peers(data)
         except DecodeError as e:

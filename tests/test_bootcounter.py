@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +23,9 @@ from hypothesis import strategies as st
 from pyrebootcert import bootcounter, crypto, fsutil
 from pyrebootcert.bootcounter import (
     BACKUP,
+    DEFAULT_CERT_NAME,
     MARKER,
+    MAX_RECORD_LEN,
     PRIMARY,
     SANE_CLOCK_S,
     current,
@@ -186,6 +190,59 @@ def test_copy_replaced_by_a_directory_is_refused(tmp_path: Path) -> None:
     assert read_state(state).backup == 5000  # nothing issued, nothing lowered
 
 
+def test_copy_replaced_by_a_fifo_is_never_read_nor_replaced(tmp_path: Path) -> None:
+    # A FIFO in place of a copy used to block the boot (or, fed by a writer, be read) and then
+    # be renamed over. The data waiting in it shows it was not read.
+    state = _initialised(tmp_path)
+    (state / PRIMARY).unlink()
+    os.mkfifo(state / PRIMARY)
+    writer = os.open(state / PRIMARY, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fed = b"x" * (MAX_RECORD_LEN + 1)  # enough that an old-style read returns at once
+        os.write(writer, fed)
+        assert read_state(state).problems == ("bootnum is a FIFO",)
+        assert read_state(state).stored == 5000
+        with pytest.raises(StateError, match="it is a FIFO, not a regular file"):
+            reserve_next(state, clock=fixed(INSANE_NOW_S))
+        assert stat.S_ISFIFO(os.lstat(state / PRIMARY).st_mode)
+        assert read_state(state).backup == 5000  # nothing reserved, nothing lowered
+        assert os.read(writer, 2 * len(fed)) == fed
+    finally:
+        os.close(writer)
+
+
+def test_dangling_symlink_copies_are_not_a_fresh_directory(tmp_path: Path) -> None:
+    # Counter files linked to storage that is gone used to read as missing, the directory as
+    # fresh, and the next boot restarted at 1 (a reused number) with an unset clock.
+    state = _initialised(tmp_path, 5000)
+    gone = tmp_path / "gone"
+    for name in (PRIMARY, BACKUP, MARKER):
+        (state / name).unlink()
+        (state / name).symlink_to(gone / name)
+    read = read_state(state)
+    assert read.initialised and read.stored is None
+    assert read.problems == (
+        "bootnum is a symbolic link to a missing file",
+        "bootnum.bak is a symbolic link to a missing file",
+    )
+    with pytest.raises(StateError, match="which does not exist"):
+        reserve_next(state, clock=fixed(INSANE_NOW_S))
+    with pytest.raises(StateError, match="which does not exist"):
+        reserve_next(state, clock=fixed(SANE_NOW_S))
+    assert not gone.exists()  # nothing created where the links point
+    assert all((state / name).is_symlink() for name in (PRIMARY, BACKUP, MARKER))
+
+
+def test_lock_symlink_is_refused_before_anything_is_reserved(tmp_path: Path) -> None:
+    state = _initialised(tmp_path, 5000)
+    (state / "lock").unlink()
+    (state / "lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StateError, match="is a symbolic link"):
+        reserve_next(state, clock=fixed(INSANE_NOW_S))
+    assert not (tmp_path / "elsewhere").exists()
+    assert current(state) == 5000
+
+
 def test_copies_differ_after_crash_between_writes(tmp_path: Path) -> None:
     state = _initialised(tmp_path, 5000)
     (state / PRIMARY).write_bytes(encode_record(5007))  # primary written, backup not yet
@@ -243,16 +300,18 @@ def test_unreadable_copy_is_an_error_not_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = _initialised(tmp_path, 5000)
-    real_open = Path.open
+    real_open = os.open
 
-    def failing_open(self: Path, *args: object, **kwargs: object) -> object:
-        if self.name == PRIMARY:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+    def failing_open(path: str | Path, flags: int, *args: int, **kwargs: object) -> int:
+        if Path(path).name == PRIMARY:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Path, "open", failing_open)
+    monkeypatch.setattr(fsutil.os, "open", failing_open)  # the readers' open(2)
     with pytest.raises(StateError, match="cannot read boot counter"):
         reserve_next(state, clock=fixed(INSANE_NOW_S))
+    monkeypatch.undo()
+    assert read_state(state).primary == read_state(state).backup == 5000  # nothing reserved
 
 
 def test_state_dir_is_a_file(tmp_path: Path) -> None:
@@ -324,6 +383,69 @@ def test_previous_certificate_is_a_floor(tmp_path: Path, key_path: Path) -> None
     # ... but the certificate we issued is still there, so we do not restart at 1.
     cert = perform_boot(key_path, state, cert_path, clock=fixed(INSANE_NOW_S))
     assert cert.boot_number == 901
+
+
+@pytest.mark.parametrize("kind", ["socket", "character device"])
+def test_certificate_path_that_is_not_a_regular_file_spends_no_number(
+    kind: str, tmp_path: Path, key_path: Path
+) -> None:
+    # It used to be read (a FIFO blocked), ignored, and renamed over after reserving.
+    state = _initialised(tmp_path, 5000)
+    cert_path = tmp_path / "cert"
+    if kind == "socket":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(cert_path))
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(cert_path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a /dev/null twin
+    before = stat.S_IFMT(os.lstat(cert_path).st_mode)
+    with pytest.raises(StateError, match=f"it is a {kind}, not a regular file"):
+        perform_boot(key_path, state, cert_path, clock=fixed(INSANE_NOW_S))
+    assert stat.S_IFMT(os.lstat(cert_path).st_mode) == before
+    assert current(state) == 5000
+
+
+def test_unreadable_previous_certificate_is_an_error(
+    tmp_path: Path, key_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It is a floor for the number: ignoring it could reuse a number once the counter is lost.
+    state = tmp_path / "state"
+    perform_boot(key_path, state, clock=fixed(INSANE_NOW_S), recover_from=900)
+    real_open = os.open
+
+    def failing_open(path: str | Path, flags: int, *args: int, **kwargs: object) -> int:
+        if Path(path).name == DEFAULT_CERT_NAME:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil.os, "open", failing_open)
+    with pytest.raises(StateError, match=r"cannot read previous certificate .*: Input/output") as e:
+        perform_boot(key_path, state, clock=fixed(INSANE_NOW_S))
+    assert "floor for the boot number" in e.value.diagnosis()
+    monkeypatch.undo()
+    assert current(state) == 900
+
+
+def test_symlinked_certificate_is_written_through(tmp_path: Path, key_path: Path) -> None:
+    # The link used to be replaced by a regular file, leaving the linked certificate stale.
+    state = tmp_path / "state"
+    persist = tmp_path / "persist"
+    real = persist / "gw.cert"
+    first = perform_boot(key_path, state, real, clock=fixed(INSANE_NOW_S))
+    link = state / DEFAULT_CERT_NAME
+    link.symlink_to(real)
+    (persist / ".gw.cert.killed-run.tmp").write_bytes(b"left by a killed run")
+    cert = perform_boot(key_path, state, clock=fixed(INSANE_NOW_S))  # default path: the link
+    assert cert.boot_number == first.boot_number + 1
+    assert link.is_symlink()
+    assert BirthCertificate.from_bytes(real.read_bytes()) == cert
+    assert [p.name for p in persist.iterdir()] == ["gw.cert"]  # its temporaries cleaned up
+    # ... and the linked certificate is still the floor
+    for name in (PRIMARY, BACKUP, MARKER):
+        (state / name).unlink()
+    again = perform_boot(key_path, state, clock=fixed(INSANE_NOW_S))
+    assert again.boot_number == cert.boot_number + 1
 
 
 def test_corrupt_previous_certificate_is_ignored(tmp_path: Path, key_path: Path) -> None:

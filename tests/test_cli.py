@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from pyrebootcert import bootcounter, cli, crypto
+from pyrebootcert import bootcounter, cli, crypto, doctor
 from pyrebootcert.cert import BirthCertificate
 from pyrebootcert.peers import PeerRecord, PeerStore
+from pyrebootcert.xdp import prereq
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -714,6 +716,32 @@ def test_xdp_bad_interface_names_are_usage_errors(
     code, out, err = run(capsys, "xdp", action, iface)
     assert code == 2 and out == ""
     assert_one_line_error(err, f"xdp {action}: argument IFACE", "not a valid interface name")
+
+
+def test_doctor_interface_with_a_nul_is_a_failed_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `doctor --interface $'a\0b'` was a ValueError traceback (if_nametoindex)
+    def not_probed(name: str) -> Callable[[], prereq.Check]:
+        return lambda: prereq.Check(name, True, "not probed in this test")
+
+    for module, name in [
+        (prereq, "check_privileges"),
+        (prereq, "check_bcc"),
+        (prereq, "check_kernel_headers"),
+        (prereq, "check_btf"),
+        (prereq, "check_ringbuf"),
+        (prereq, "check_kernel_sad"),
+        (doctor, "check_xfrm_netlink"),
+        (doctor, "check_esp"),
+    ]:
+        monkeypatch.setattr(module, name, not_probed(name))
+    check = prereq.check_interface("a\0b")
+    assert not check.ok and check.required
+    code, out, err = run(capsys, "doctor", "--interface", "a\0b")
+    assert code == 1 and err == ""
+    assert "interface 'a\\x00b': MISSING - not a valid interface name" in out
+    assert "\0" not in out
 
 
 @pytest.mark.parametrize(

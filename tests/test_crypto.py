@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -341,6 +342,25 @@ def test_bad_private_key_files(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ public keys and X.509 anchors
+
+
+def test_missing_or_special_key_files_are_named_by_what_they_are(tmp_path: Path) -> None:
+    # A missing public key used to be reported as "file ... does not exist".
+    missing = tmp_path / "gw2.pub.pem"
+    where = re.escape(str(missing))
+    with pytest.raises(KeyFileError, match=f"^public key {where} does not exist$"):
+        TrustAnchor.from_public_key_file(missing)
+    with pytest.raises(KeyFileError, match=rf"^X\.509 certificate {where} does not exist$"):
+        TrustAnchor.from_x509_file(missing)
+    with pytest.raises(KeyFileError, match=f"^private key {where} does not exist$"):
+        crypto.load_private_key(missing)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    where = re.escape(str(fifo))
+    with pytest.raises(KeyFileError, match=f"^public key {where} is not a regular file$"):
+        crypto.load_public_key(fifo)
+    with pytest.raises(KeyFileError, match=rf"^X\.509 certificate {where} is not a regular file$"):
+        TrustAnchor.from_x509_file(fifo)
 
 
 def test_public_key_file_errors(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from hypothesis import given
@@ -26,6 +31,22 @@ from pyrebootcert.peers import (
 
 def rec(address: str = "192.0.2.1", boot: int = 100, t: int = 5, v: int = 9) -> PeerRecord:
     return PeerRecord.create(address, boot, t, v)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """TimeoutError instead of a hung test if the block blocks (a FIFO open) for too long."""
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_empty_store(tmp_path: Path) -> None:
@@ -95,7 +116,9 @@ def test_record_validation() -> None:
         (b'{"version": 2, "peers": []}', "unsupported format version 2"),
         (b'{"version": true, "peers": []}', "unsupported format version True"),
         (b'{"version": 1, "peers": {}}', "'peers' is not a list"),
-        (b'{"version": 1, "peers": [], "x": 1}', "unexpected keys"),
+        (b'{"version": 1, "peers": [], "x": 1}', r"unexpected keys \['x'\]"),
+        (b'{"version": 1}', "missing key 'peers'$"),  # was "unexpected keys []"
+        (b'{"version": 1, "x": 1}', r"missing key 'peers' \(and unexpected keys \['x'\]\)"),
         (b'{"version": 1, "peers": [1]}', "not an object"),
         (b'{"version": 1, "peers": [{"address": "192.0.2.1"}]}', "keys are"),
         (
@@ -140,6 +163,33 @@ def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / PEERS_FILE).mkdir()
     with pytest.raises(StateError, match="cannot read peer records"):
         PeerStore(tmp_path).all()
+
+
+def test_fifo_in_place_of_the_file_is_an_error_and_never_read(tmp_path: Path) -> None:
+    # A FIFO used to block the daemon (and `peers list`) forever in open().
+    os.mkfifo(tmp_path / PEERS_FILE)
+    store = PeerStore(tmp_path)
+    with deadline(5):
+        with pytest.raises(StateError, match="it is a FIFO, not a regular file") as info:
+            store.all()
+        assert "cannot read peer records" in str(info.value) and info.value.exit_code == 3
+        with pytest.raises(StateError, match="FIFO"):
+            store.record(rec())
+    assert stat.S_ISFIFO(os.lstat(tmp_path / PEERS_FILE).st_mode)  # never replaced
+
+
+def test_dangling_symlink_is_not_an_empty_store(tmp_path: Path) -> None:
+    # peers.json linked to storage that is gone used to read as "no peer recorded yet",
+    # reopening the replay window for every peer.
+    (tmp_path / PEERS_FILE).symlink_to(tmp_path / "gone" / PEERS_FILE)
+    store = PeerStore(tmp_path)
+    with pytest.raises(StateError, match="symbolic link to a missing file") as info:
+        store.all()
+    assert "forget every peer" in info.value.diagnosis()
+    with pytest.raises(StateError):
+        store.record(rec())
+    assert (tmp_path / PEERS_FILE).is_symlink()
+    assert not (tmp_path / "gone").exists()
 
 
 def test_concurrent_records_are_all_kept(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError, StateError
+from ..fsutil import read_regular_file
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -94,7 +95,6 @@ def _shape_problem(status: dict[str, Any]) -> str | None:
 def read_status(state_dir: Path) -> dict[str, Any]:
     """The daemon's status file; StateError if there is none or it is unreadable,
     DecodeError if it is not a status file (whatever its contents)."""
-    from ..cli import read_regular_file
     from .daemon import STATUS_FILE
 
     path = state_dir / STATUS_FILE

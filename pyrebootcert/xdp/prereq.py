@@ -99,6 +99,10 @@ def check_btf() -> Check:
 def check_interface(ifname: str) -> Check:
     try:
         idx = socket.if_nametoindex(ifname)
+    except ValueError as e:  # a NUL in the name ("embedded null byte"): no interface has one
+        return Check(
+            f"interface {ifname!r}", False, f"not a valid interface name ({e})", "check 'ip link'"
+        )
     except OSError:
         return Check(f"interface {ifname}", False, "no such interface", "check 'ip link'")
     return Check(f"interface {ifname}", True, f"ifindex {idx}")
