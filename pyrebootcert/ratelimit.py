@@ -21,6 +21,10 @@ full bucket is indistinguishable from a fresh one, so this loses nothing), then
 the least recently used one. Evicting a non-full bucket can let that peer start
 again with a full burst; the global bucket still bounds the total.
 
+A :class:`SourceLimiter` applies the same rule to keys an attacker chooses (the sources
+the responder answers): it is updated in place and costs O(1) per take, where a
+:class:`Limiter` copies its table on every take and scans it when full.
+
 The XDP program has its own integer-arithmetic buckets (docs/classifier.md);
 these float buckets are for user space only.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -178,3 +183,58 @@ class Limiter:
         ok, global_bucket = self.global_bucket.take(now_ns)
         result = LimitResult.ALLOWED if ok else LimitResult.GLOBAL_LIMITED
         return result, replace(self, global_bucket=global_bucket, peers=MappingProxyType(table))
+
+
+class SourceLimiter:
+    """:class:`Limiter`'s rule for keys that arrive at line rate and may be spoofed.
+
+    The same buckets, consulted in the same order (per key, then global; a per-key refusal
+    spends no global token), and a new key's bucket dated no earlier than the global
+    bucket's latest instant. What differs: it is updated in place, and a full table evicts
+    its least recently used key at once (an ordered dict), without first looking for full
+    buckets as :class:`Limiter` does. That scan, and :class:`Limiter`'s copy of its table on
+    every take, cost O(``max_keys``) per event when every event brings a new spoofed source.
+    Evicting a non-full bucket can let that source start again with a full burst; the
+    global bucket still bounds the total.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_key_rate_per_s: float,
+        per_key_burst: float,
+        global_rate_per_s: float,
+        global_burst: float,
+        now_ns: int,
+        max_keys: int = DEFAULT_MAX_PEERS,
+    ) -> None:
+        _check_rate(per_key_rate_per_s, per_key_burst)
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {max_keys}")
+        self.per_key_rate_per_s = per_key_rate_per_s
+        self.per_key_burst = per_key_burst
+        self.max_keys = max_keys
+        self.global_bucket = TokenBucket.full(global_rate_per_s, global_burst, now_ns)
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def bucket(self, key: str) -> TokenBucket | None:
+        """The bucket ``key`` holds now (as of its last take), or None."""
+        return self._buckets.get(key)
+
+    def take(self, key: str, now_ns: int) -> LimitResult:
+        """Take one token from ``key``'s bucket, then one from the global bucket."""
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            start_ns = max(now_ns, self.global_bucket.last_ns)
+            bucket = TokenBucket.full(self.per_key_rate_per_s, self.per_key_burst, start_ns)
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)  # the least recently used key
+        ok, bucket = bucket.take(now_ns)
+        self._buckets[key] = bucket  # now the most recently used
+        if not ok:
+            return LimitResult.PEER_LIMITED
+        ok, self.global_bucket = self.global_bucket.take(now_ns)
+        return LimitResult.ALLOWED if ok else LimitResult.GLOBAL_LIMITED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -157,3 +158,10 @@ def test_read_certificate_errors(tmp_path: Path, cert: BirthCertificate) -> None
     good = tmp_path / "good.cert"
     good.write_bytes(cert.to_bytes())
     assert read_certificate(good) == cert
+
+
+def test_read_certificate_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "birth.cert"
+    os.mkfifo(fifo)  # nobody writes: a blocking open would hang the daemon here
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        read_certificate(fifo)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyrebootcert.ratelimit import Limiter, LimitResult, TokenBucket
+from pyrebootcert.ratelimit import Limiter, LimitResult, SourceLimiter, TokenBucket
 
 S = 1_000_000_000  # ns per second
 T0 = 1_700_000_000 * S
@@ -282,3 +282,76 @@ def test_limiter_bounds(
         assert admitted <= global_burst + global_rate * elapsed_s + EPS
         if max_peers >= 6 and peer in spent:
             assert spent[peer] <= peer_burst + peer_rate * elapsed_s + EPS
+
+
+# ---- SourceLimiter: the same rule, in place, O(1) a take ------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(rates, bursts, rates, bursts, st.integers(min_value=1, max_value=8), limiter_steps)
+def test_source_limiter_agrees_with_limiter_while_nothing_is_evicted(
+    peer_rate: float,
+    peer_burst: float,
+    global_rate: float,
+    global_burst: float,
+    max_keys: int,
+    seq: list[tuple[int, str]],
+) -> None:
+    """Step for step the same results as Limiter while the table never overflows, and
+    always the global bound and the size bound."""
+    kw = {"global_rate_per_s": global_rate, "global_burst": global_burst, "now_ns": T0}
+    pure = Limiter.create(per_peer_rate_per_s=peer_rate, per_peer_burst=peer_burst, **kw)
+    src = SourceLimiter(
+        per_key_rate_per_s=peer_rate, per_key_burst=peer_burst, max_keys=max_keys, **kw
+    )
+    now = latest = T0
+    admitted = 0
+    seen: set[str] = set()
+    for dt, key in seq:
+        now += dt
+        latest = max(latest, now)
+        seen.add(key)
+        got = src.take(key, now)
+        want, pure = pure.take(key, now)
+        if len(seen) <= max_keys:  # no eviction yet: exactly Limiter's answers
+            assert got is want
+            assert src.bucket(key) == pure.peers[key]
+            assert src.global_bucket == pure.global_bucket
+        admitted += got is LimitResult.ALLOWED
+        assert len(src) <= max_keys
+        assert admitted <= global_burst + global_rate * (latest - T0) / S + EPS
+
+
+def test_source_limiter_evicts_the_least_recently_used_key() -> None:
+    lim = SourceLimiter(
+        per_key_rate_per_s=0.0, per_key_burst=1, global_rate_per_s=0.0, global_burst=100,
+        now_ns=T0, max_keys=2,
+    )  # fmt: skip
+    assert lim.take("a", T0) is LimitResult.ALLOWED
+    assert lim.take("b", T0) is LimitResult.ALLOWED
+    assert lim.take("a", T0) is LimitResult.PEER_LIMITED  # "a" is now the most recent
+    assert lim.take("c", T0) is LimitResult.ALLOWED  # evicts "b", not "a"
+    assert lim.bucket("b") is None and lim.bucket("a") is not None
+    assert lim.take("a", T0) is LimitResult.PEER_LIMITED  # "a" kept its empty bucket
+    assert lim.take("b", T0) is LimitResult.ALLOWED  # "b" starts again: a fresh burst
+    assert len(lim) == 2
+    with pytest.raises(ValueError, match="max_keys"):
+        SourceLimiter(
+            per_key_rate_per_s=1.0, per_key_burst=1, global_rate_per_s=1.0, global_burst=1,
+            now_ns=T0, max_keys=0,
+        )  # fmt: skip
+
+
+def test_source_limiter_holds_its_bounds_under_a_stream_of_new_sources() -> None:
+    """A spoofed source per take: the table stays at max_keys, the global bucket bounds
+    what is admitted."""
+    lim = SourceLimiter(
+        per_key_rate_per_s=1.0, per_key_burst=3, global_rate_per_s=100.0, global_burst=200,
+        now_ns=T0, max_keys=4096,
+    )  # fmt: skip
+    admitted = 0
+    for i in range(50_000):  # 50,000 sources over 5 s
+        source = f"240.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
+        admitted += lim.take(source, T0 + i * 100_000) is LimitResult.ALLOWED
+    assert len(lim) == 4096
+    assert 200 + 100 * 4 <= admitted <= 200 + 100 * 5 + 1

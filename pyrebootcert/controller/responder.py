@@ -18,7 +18,8 @@ from pathlib import Path
 from ..cert import BirthCertificate, IPAddress
 from ..config import Limits
 from ..errors import ConfigError, DecodeError, KeyFileError
-from ..ratelimit import Limiter, LimitResult
+from ..fsutil import read_regular_file
+from ..ratelimit import LimitResult, SourceLimiter
 from ..wire import BadSpi, max_certificate_len
 from ..xdp import abi
 from .ports import Clock, SenderPort
@@ -30,15 +31,12 @@ MAX_CERT_FILE = 65536
 
 def read_certificate(path: Path) -> BirthCertificate:
     """The certificate ``rebootcert boot`` wrote; KeyFileError / DecodeError with the path."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CERT_FILE + 1)
+    try:  # a FIFO or device in its place must not hang the daemon at start or reload
+        data = read_regular_file(path, "certificate", MAX_CERT_FILE, error=KeyFileError)
     except FileNotFoundError as e:
         raise KeyFileError(
             f"certificate {path} does not exist", hint="run 'rebootcert boot' first"
         ) from e
-    except OSError as e:
-        raise KeyFileError(f"cannot read certificate {path}: {e.strerror}") from e
     try:
         return BirthCertificate.from_bytes(data)
     except DecodeError as e:
@@ -58,11 +56,12 @@ def check_certificate_fits(cert: BirthCertificate, families: Iterable[int]) -> N
             )
 
 
-def send_limiter(limits: Limits, now_ns: int) -> Limiter:
-    """Per-source, then global bucket for the Bad SPI messages we send."""
-    return Limiter.create(
-        per_peer_rate_per_s=limits.badspi_per_source_per_s,
-        per_peer_burst=limits.badspi_per_source_burst,
+def send_limiter(limits: Limits, now_ns: int) -> SourceLimiter:
+    """Per-source, then global bucket for the Bad SPI messages we send. Sources are the
+    packets' (possibly spoofed) addresses, so the table is a SourceLimiter: O(1) a take."""
+    return SourceLimiter(
+        per_key_rate_per_s=limits.badspi_per_source_per_s,
+        per_key_burst=limits.badspi_per_source_burst,
         global_rate_per_s=limits.badspi_global_per_s,
         global_burst=limits.badspi_global_burst,
         now_ns=now_ns,
@@ -107,7 +106,7 @@ class Responder:
         except DecodeError as e:
             log.debug("unknown-SPI sample from %s not answered: %s", event.saddr, e)
             return self._count("not_esp")
-        result, self._limiter = self._limiter.take(str(event.saddr), self._clock.monotonic_ns())
+        result = self._limiter.take(str(event.saddr), self._clock.monotonic_ns())
         if result is LimitResult.PEER_LIMITED:
             return self._count("source_limited")
         if result is LimitResult.GLOBAL_LIMITED:
