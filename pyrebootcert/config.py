@@ -43,9 +43,14 @@ NATT_PORT = 4500
 
 XdpMode = Literal["native", "generic", "auto"]
 UnknownSpiAction = Literal["pass", "drop"]
+#: Whether the classifier asks the kernel's SAD (bpf_xdp_get_xfrm_state) before it reports an
+#: SPI missing from its own map: "auto" where the kernel has the kfunc (Linux >= 6.8), "on" or
+#: refuse to load, "off".
+KernelSad = Literal["auto", "on", "off"]
 Backend = Literal["strongswan", "libreswan", "command", "none"]
 XDP_MODES: tuple[XdpMode, ...] = ("native", "generic", "auto")
 UNKNOWN_SPI_ACTIONS: tuple[UnknownSpiAction, ...] = ("pass", "drop")
+KERNEL_SAD_MODES: tuple[KernelSad, ...] = ("auto", "on", "off")
 BACKENDS: tuple[Backend, ...] = ("strongswan", "libreswan", "command", "none")
 
 #: Placeholders a renegotiation command may use; see :func:`expand_command`.
@@ -143,6 +148,7 @@ class XdpConfig:
     mode: XdpMode = "auto"
     unknown_spi_action: UnknownSpiAction = "pass"
     encap_port: int = NATT_PORT
+    kernel_sad: KernelSad = "auto"
 
 
 @dataclass(frozen=True)
@@ -588,6 +594,7 @@ def _xdp(top: _Table) -> XdpConfig:
         mode=t.choice("mode", XDP_MODES, "auto"),
         unknown_spi_action=t.choice("unknown_spi_action", UNKNOWN_SPI_ACTIONS, "pass"),
         encap_port=int(port),
+        kernel_sad=t.choice("kernel_sad", KERNEL_SAD_MODES, "auto"),
     )
     t.finish()
     return xdp

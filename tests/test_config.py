@@ -116,6 +116,7 @@ def test_values_are_typed() -> None:
     cfg = parse(
         "[limits]\nverify_per_peer_per_s = 2\nevents_global_burst = 7\n"
         '[xdp]\nmode = "generic"\nunknown_spi_action = "drop"\nencap_port = 4501\n'
+        'kernel_sad = "off"\n'
         '[renegotiate]\nbackend = "command"\ncommand = ["/bin/x", "{peer}", "{address}"]\n'
         "delete_policies = true\n"
         '[metrics]\nenabled = true\nlisten = "[::1]:9100"\n'
@@ -124,7 +125,10 @@ def test_values_are_typed() -> None:
     assert cfg.limits.verify_per_peer_per_s == 2.0
     assert isinstance(cfg.limits.verify_per_peer_per_s, float)
     assert cfg.limits.events_global_burst == 7 and isinstance(cfg.limits.events_global_burst, int)
-    assert cfg.xdp == XdpConfig(mode="generic", unknown_spi_action="drop", encap_port=4501)
+    assert cfg.xdp == XdpConfig(
+        mode="generic", unknown_spi_action="drop", encap_port=4501, kernel_sad="off"
+    )
+    assert parse("").xdp.kernel_sad == "auto"
     assert cfg.renegotiate.command == ("/bin/x", "{peer}", "{address}")
     assert cfg.renegotiate.delete_policies is True
     assert (cfg.metrics.host, cfg.metrics.port) == ("::1", 9100)
@@ -245,6 +249,8 @@ ERRORS: list[tuple[str, str, str]] = [
     ("[xdp]\nmode = 'fast'\n", "xdp.mode", "'fast' is not one of 'native', 'generic', 'auto'"),
     ("[xdp]\nunknown_spi_action = 'reject'\n", "xdp.unknown_spi_action", "not one of"),
     ("[xdp]\nencap_port = 0\n", "xdp.encap_port", "out of range"),
+    ("[xdp]\nkernel_sad = true\n", "xdp.kernel_sad", "True is not one of"),
+    ("[xdp]\nkernel_sad = 'yes'\n", "xdp.kernel_sad", "not one of 'auto', 'on', 'off'"),
     ("[xdp]\nencap_port = 65536\n", "xdp.encap_port", "out of range"),
     ("[xdp]\nencap_port = '4500'\n", "xdp.encap_port", "expected a number, got a string"),
     ("[renegotiate]\nbackend = 'racoon'\n", "renegotiate.backend", "not one of"),
@@ -322,7 +328,7 @@ def test_random_tomlish_text_only_config_error(text: str) -> None:
 KNOWN = {
     "local": ["key", "certificate", "state_dir", "addresses", "interfaces"],
     "limits": [f.name for f in fields(Limits)],
-    "xdp": ["mode", "unknown_spi_action", "encap_port"],
+    "xdp": ["mode", "unknown_spi_action", "encap_port", "kernel_sad"],
     "renegotiate": ["backend", "vici_socket", "command", "delete_policies"],
     "metrics": ["enabled", "listen"],
     "peers": ["name", "addresses", "pubkey", "x509"],

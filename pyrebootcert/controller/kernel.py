@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 
 from ..cert import IPAddress
+from ..config import KernelSad
 from ..errors import KernelError
 from ..xdp import abi
 from ..xdp.loader import Classifier, ClassifierConfig, Mode
@@ -26,14 +27,25 @@ log = logging.getLogger(__name__)
 class XdpClassifiers:
     """The classifier attached to each of ``interfaces``; map writes go to all of them."""
 
-    def __init__(self, interfaces: Sequence[str], mode: Mode, config: ClassifierConfig) -> None:
+    def __init__(
+        self,
+        interfaces: Sequence[str],
+        mode: Mode,
+        config: ClassifierConfig,
+        kernel_sad: KernelSad = "auto",
+    ) -> None:
         self._clfs: list[Classifier] = []
         try:
             for ifname in interfaces:
                 log.debug("compiling and loading the classifier for %s", ifname)
-                clf = Classifier(ifname, mode=mode, config=config)
+                clf = Classifier(ifname, mode=mode, config=config, kernel_sad=kernel_sad)
                 self._clfs.append(clf)
-                log.info("classifier attached to %s (%s)", ifname, clf.attached_mode)
+                log.info(
+                    "classifier attached to %s (%s%s)",
+                    ifname,
+                    clf.attached_mode,
+                    ", kernel SAD on a miss" if clf.kernel_sad else "",
+                )
         except BaseException:
             self.close()
             raise

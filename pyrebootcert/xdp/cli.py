@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import KERNEL_SAD_MODES
 from ..errors import BpfError, UsageError
 from . import abi, libbpf
 from .loader import (
@@ -92,6 +93,12 @@ def register(subparsers: SubParsers) -> None:
     load.add_argument("iface", type=_iface_arg, metavar="IFACE")
     load.add_argument("--mode", choices=MODES, default=None, help="XDP mode (default: config)")
     load.add_argument(
+        "--kernel-sad",
+        choices=KERNEL_SAD_MODES,
+        default=None,
+        help="ask the kernel's SAD before reporting an unknown SPI (default: config, else auto)",
+    )
+    load.add_argument(
         "-D",
         dest="defines",
         action="append",
@@ -125,7 +132,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     cfg = load_config(path) if path is not None else None
     config = ClassifierConfig.from_config(cfg) if cfg is not None else ClassifierConfig()
     mode = args.mode or (cfg.xdp.mode if cfg is not None else "auto")
-    clf = Classifier(args.iface, mode=mode, config=config, defines=defines)
+    kernel_sad = args.kernel_sad or (cfg.xdp.kernel_sad if cfg is not None else "auto")
+    clf = Classifier(args.iface, mode=mode, config=config, defines=defines, kernel_sad=kernel_sad)
     try:
         if cfg is not None:
             clf.maps.sync_local_addresses(cfg.local.addresses)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..config import KERNEL_SAD_MODES, KernelSad
 from ..errors import BpfError, ConfigError, DecodeError
 from . import abi, kfunc, libbpf, prereq
 from .maps import MAP_NAMES, PIN_ROOT, BpfMap, ClassifierMaps
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
 
 Mode = Literal["auto", "native", "generic"]
 MODES: tuple[Mode, ...] = ("auto", "native", "generic")
-#: Whether an SPI missing from known_sas is looked up in the kernel's SAD (kfunc.py):
-#: "auto" where the kernel has the kfunc (Linux >= 6.8), "on" or refuse, "off".
-KernelSad = Literal["auto", "on", "off"]
-KERNEL_SAD_MODES: tuple[KernelSad, ...] = ("auto", "on", "off")
 
 PROG_NAME = "xdp_rebootcert"
 TEST_PROG_NAME = "xdp_rebootcert_test"
