@@ -281,14 +281,12 @@ def remove_stale_temps(directory: Path, names: Iterable[str]) -> list[Path]:
     return removed
 
 
-@contextlib.contextmanager
-def file_lock(path: Path, *, error: type[RebootCertError] = StateError) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created 0600 if missing) for the ``with`` block.
+def open_lock_file(path: Path, *, error: type[RebootCertError] = StateError) -> int:
+    """A read-write descriptor of lock file ``path`` (created 0600 if missing), for flock.
 
-    Blocks until the lock is free. The kernel drops the lock when the process dies, so a killed
-    run never leaves the lock held. ``path`` must be a regular file or missing: a symbolic link
-    is never followed (``O_NOFOLLOW``; ``O_CREAT`` would create a dangling link's target
-    anywhere), and anything else is ``error``.
+    ``path`` must be a regular file or missing: a symbolic link is never followed
+    (``O_NOFOLLOW``; ``O_CREAT`` would create a dangling link's target anywhere), and anything
+    else is ``error``. The caller closes the descriptor.
     """
     # O_NONBLOCK: a device in its place must not block the open (flock still waits for the
     # lock: that is LOCK_NB's business, not the descriptor's).
@@ -304,11 +302,29 @@ def file_lock(path: Path, *, error: type[RebootCertError] = StateError) -> Itera
         raise error(f"cannot open lock file {path}: {e.strerror}") from e
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(
-                f"lock file {path} is {file_kind(mode)}, not a regular file",
-                hint="refusing to use it; remove it",
-            )
+    except OSError as e:
+        os.close(fd)
+        raise error(f"cannot stat lock file {path}: {e.strerror}") from e
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(
+            f"lock file {path} is {file_kind(mode)}, not a regular file",
+            hint="refusing to use it; remove it",
+        )
+    return fd
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, error: type[RebootCertError] = StateError) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created 0600 if missing) for the ``with`` block.
+
+    Blocks until the lock is free. The kernel drops the lock when the process dies, so a killed
+    run never leaves the lock held. ``path`` must be a regular file or missing: a symbolic link
+    is never followed (``O_NOFOLLOW``; ``O_CREAT`` would create a dangling link's target
+    anywhere), and anything else is ``error``.
+    """
+    fd = open_lock_file(path, error=error)
+    try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # EINTR is retried by Python (PEP 475)
         except OSError as e:

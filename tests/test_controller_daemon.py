@@ -4,8 +4,11 @@ metrics. The fakes' file descriptors are real sockets, so the selector loop runs
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
+import stat
 import threading
 import time
 import urllib.request
@@ -18,6 +21,7 @@ from controller_fakes import (
     LOCAL4,
     PEER4,
     FakeClassifier,
+    FakeClock,
     FakeEvents,
     FakeSender,
     FakeXfrm,
@@ -33,6 +37,8 @@ from pyrebootcert.config import Config, MetricsConfig
 from pyrebootcert.controller.backends import InlineRunner
 from pyrebootcert.controller.cli import is_running
 from pyrebootcert.controller.daemon import (
+    LOCK_FILE,
+    STATUS_ERROR_LOG_INTERVAL_S,
     STATUS_FILE,
     Daemon,
     daemon_lock,
@@ -233,6 +239,91 @@ def test_one_daemon_per_state_dir(tmp_path: Path) -> None:
         pass
     with daemon_lock(tmp_path):  # released with the first holder
         pass
+
+
+def test_daemon_lock_never_follows_a_symlink(tmp_path: Path) -> None:
+    # O_CREAT through a dangling `daemon.lock` link used to create the link's target anywhere
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lock = tmp_path / LOCK_FILE
+    lock.symlink_to(elsewhere / "created")
+    message = f"lock file {re.escape(str(lock))} is a symbolic link"
+    with pytest.raises(StateError, match=message), daemon_lock(tmp_path):
+        pass
+    assert not (elsewhere / "created").exists()
+    assert lock.is_symlink()
+    # a link to an existing file is not followed (nor written) either
+    (elsewhere / "created").write_bytes(b"keep")
+    with pytest.raises(StateError, match="symbolic link"), daemon_lock(tmp_path):
+        pass
+    assert (elsewhere / "created").read_bytes() == b"keep"
+
+
+def test_daemon_lock_needs_a_regular_lock_file(tmp_path: Path) -> None:
+    lock = tmp_path / LOCK_FILE
+    os.mkfifo(lock)
+    message = f"lock file {re.escape(str(lock))} is a FIFO, not a regular file"
+    with pytest.raises(StateError, match=message), daemon_lock(tmp_path):
+        pass
+    assert stat.S_ISFIFO(os.lstat(lock).st_mode)
+    lock.unlink()
+    with daemon_lock(tmp_path):  # a missing one is created, regular and 0600, with our pid
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert stat.S_ISREG(os.lstat(lock).st_mode) and stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+def test_write_status_replaces_only_a_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / STATUS_FILE
+    os.mkfifo(path)
+    with pytest.raises(StateError, match="it is a FIFO, not a regular file"):
+        write_status(path, _status())  # a rename used to swap the FIFO for a regular file
+    assert stat.S_ISFIFO(os.lstat(path).st_mode)
+    path.unlink()
+    path.symlink_to(tmp_path / "nowhere")  # dangling: nothing is created through it
+    with pytest.raises(StateError, match="symbolic link"):
+        write_status(path, _status())
+    assert not (tmp_path / "nowhere").exists()
+    # a link to a regular file is written through and kept, as atomic_write does
+    (tmp_path / "nowhere").write_text("{}")
+    write_status(path, _status(known_sas=5))
+    assert path.is_symlink() and json.loads(path.read_text())["known_sas"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nowhere", STATUS_FILE]  # no temps
+
+
+def test_status_file_failure_is_logged_rarely_and_the_daemon_goes_on(
+    setup: tuple[Path, Ed25519PrivateKey], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config_path, _ = setup
+    status_path = tmp_path / "state" / STATUS_FILE
+    status_path.parent.mkdir()
+    os.mkfifo(status_path)
+    clock = FakeClock()  # the periodic write waits for the test to move it
+    daemon = Daemon(config_path, kernel=FakeKernel(), clock=clock)
+
+    def errors() -> int:
+        return daemon.controller.counters["status_errors"] if daemon.controller else 0
+
+    def steps() -> None:
+        wait(lambda: errors() == 1, "the failed first status write")
+        os.kill(os.getpid(), signal.SIGHUP)  # a reload writes the status too
+        wait(lambda: errors() == 2, "the failed write after the reload")
+        clock.advance(STATUS_ERROR_LOG_INTERVAL_S)
+        wait(lambda: errors() == 3, "the failed periodic write")
+        status_path.unlink()
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait(status_path.is_file, "the status file written again")
+
+    with caplog.at_level(logging.INFO, logger="pyrebootcert.controller.daemon"):
+        rc, errs = drive(daemon, steps)
+    if errs:
+        raise errs[0]
+    assert rc == 0
+    said = [r.getMessage() for r in caplog.records if "status file" in r.getMessage()]
+    assert len(said) == 3, said  # the first failure, one after the interval, the recovery
+    assert "FIFO" in said[0] and "3 failures in a row" in said[1]
+    assert said[2].endswith("written again, after 3 failure(s)")
+    status = json.loads(status_path.read_text())
+    assert status["running"] is False and status["counters"]["status_errors"] == 3
 
 
 def _status(**over: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import os
 import selectors
 import signal
 import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -47,8 +48,14 @@ from ..cert import BirthCertificate, IPAddress
 from ..config import DEFAULT_RESYNC_INTERVAL_S, Config, MetricsConfig, load_config
 from ..crypto import TrustAnchor, load_trust_anchor
 from ..errors import ConfigError, RebootCertError, StateError
-from ..fsutil import ensure_dir
-from ..peers import PeerStore
+from ..fsutil import (
+    TEMP_SUFFIX,
+    ensure_dir,
+    open_lock_file,
+    remove_stale_temps,
+    replacement_target,
+)
+from ..peers import PeerStore, canonical_address
 from ..xdp import abi
 from ..xdp.loader import ClassifierConfig
 from ..xfrm import XfrmEvent
@@ -64,6 +71,9 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 LOCK_FILE = "daemon.lock"
 STATUS_INTERVAL_S = 1.0
+STATUS_MODE = 0o644  # `rebootcert status` need not run as root
+#: a status file that cannot be written is said at most this often (it is retried every second)
+STATUS_ERROR_LOG_INTERVAL_S = 600.0
 RESYNC_INTERVAL_S = DEFAULT_RESYNC_INTERVAL_S  # [controller] resync_interval_s
 STATUS_VERSION = 1
 XFRM_RCVBUF = 4 << 20
@@ -161,7 +171,10 @@ class RealKernel:
         from .kernel import XdpClassifiers
 
         return XdpClassifiers(
-            config.local.interfaces, config.xdp.mode, ClassifierConfig.from_config(config)
+            config.local.interfaces,
+            config.xdp.mode,
+            ClassifierConfig.from_config(config),
+            kernel_sad=config.xdp.kernel_sad,
         )
 
     def sender(self) -> SenderPort:
@@ -423,14 +436,16 @@ class Controller:
     # -- status
 
     def peers_status(self) -> list[dict[str, Any]]:
+        # one read of the peer store per status (once a second), not one per address
+        try:
+            records = {r.address: r for r in self.store.all()}
+        except StateError:
+            records = {}
         out = []
         for peer in self.config.peers:
             addrs = []
             for addr in peer.addresses:
-                try:
-                    rec = self.store.get(str(addr))
-                except StateError:
-                    rec = None
+                rec = records.get(canonical_address(str(addr)))
                 addrs.append(
                     {
                         "address": str(addr),
@@ -483,25 +498,51 @@ class Controller:
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
-    """Replace ``path`` atomically (rename). No fsync: the status is not durable state."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace ``path`` with ``status`` (JSON) by rename; StateError if it cannot.
+
+    The file replaced is the one :func:`~pyrebootcert.fsutil.atomic_write` would replace
+    (:func:`~pyrebootcert.fsutil.replacement_target`): a regular file, or the regular file a
+    symbolic link names (the link is kept); a FIFO, socket, device, directory or dangling
+    link in its place is refused before anything is written. Unlike ``atomic_write``
+    nothing is fsync'ed: the status is not durable state, it is rewritten every second, and
+    two fsyncs a second would stall the loop on a busy disk. A crash leaves the old or the
+    new file (the rename), at worst a stale temporary, which the next start removes (from
+    the state directory).
+    """
+    data = (json.dumps(status, indent=1, sort_keys=True) + "\n").encode()
+    target = replacement_target(path)
     try:
-        tmp.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
+        )
+    except OSError as e:
+        raise StateError(f"cannot create a temporary file next to {target}: {e.strerror}") from e
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), STATUS_MODE)
+            f.write(data)
+        os.replace(tmp, target)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        log.warning("cannot write the status file %s: %s", path, e.strerror)
+        raise StateError(f"cannot write {target}: {e.strerror}") from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @contextlib.contextmanager
 def daemon_lock(state_dir: Path) -> Iterator[None]:
-    """One daemon per state directory: a non-blocking flock held for the daemon's life."""
+    """One daemon per state directory: a non-blocking flock held for the daemon's life.
+
+    The lock file is opened by :func:`~pyrebootcert.fsutil.open_lock_file` (never through
+    a symbolic link, and it must be a regular file), as ``file_lock`` opens its own; unlike
+    ``file_lock`` it does not wait for the lock.
+    """
     path = state_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise StateError(f"cannot open {path}: {e.strerror}") from e
+    fd = open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -511,8 +552,11 @@ def daemon_lock(state_dir: Path) -> Iterator[None]:
                     f"another 'rebootcert run' is using {state_dir} ({path} is locked)"
                 ) from e
             raise StateError(f"cannot lock {path}: {e.strerror}") from e
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            raise StateError(f"cannot write lock file {path}: {e.strerror}") from e
         yield
     finally:
         os.close(fd)
@@ -615,6 +659,8 @@ class Daemon:
         self._status_path: Path | None = None
         self._metrics_server: Any = None
         self._reloaded = False
+        self._status_failures = 0  # in a row, since the last successful write
+        self._status_logged_ns: int | None = None  # when the last one was logged
 
     # -- signals
 
@@ -646,12 +692,40 @@ class Daemon:
     # -- status
 
     def _write_status(self, running: bool = True) -> None:
-        if self.controller is None or self._status_path is None:
+        """Write the status file. A failure is counted (``status_errors``) and logged at
+        most every :data:`STATUS_ERROR_LOG_INTERVAL_S`; the daemon goes on."""
+        ctrl = self.controller
+        if ctrl is None or self._status_path is None:
             return
-        status = self.controller.status()
-        status["running"] = running
-        self._snapshot = status
-        write_status(self._status_path, status)
+        try:
+            status = ctrl.status()
+            status["running"] = running
+            self._snapshot = status
+            write_status(self._status_path, status)
+        except RebootCertError as e:
+            ctrl.counters["status_errors"] += 1
+            self._status_failures += 1
+            now = self.clock.monotonic_ns()
+            last = self._status_logged_ns
+            if last is None or now - last >= STATUS_ERROR_LOG_INTERVAL_S * 1e9:
+                again = "" if last is None else f"{self._status_failures} failures in a row; "
+                log.warning(
+                    "status file not written: %s (%sretrying every %g s, said every %g s)",
+                    e.diagnosis(),
+                    again,
+                    STATUS_INTERVAL_S,
+                    STATUS_ERROR_LOG_INTERVAL_S,
+                )
+                self._status_logged_ns = now
+            return
+        if self._status_failures:
+            log.info(
+                "status file %s written again, after %d failure(s)",
+                self._status_path,
+                self._status_failures,
+            )
+            self._status_failures = 0
+            self._status_logged_ns = None
 
     # -- main
 
@@ -662,6 +736,7 @@ class Daemon:
         state_dir = loaded.config.local.state_dir
         ensure_dir(state_dir)
         with self._signals() as sig_fd, daemon_lock(state_dir):
+            remove_stale_temps(state_dir, (STATUS_FILE,))  # left by a killed daemon
             self._status_path = state_dir / STATUS_FILE
             try:
                 return self._run(loaded, sig_fd)
