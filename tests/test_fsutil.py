@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
+from deadline import deadline
 
 from pyrebootcert import cli, fsutil
 from pyrebootcert.controller import cli as controller_cli
@@ -48,22 +45,6 @@ def file_type(path: Path) -> int:
 
 def temps(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.endswith(fsutil.TEMP_SUFFIX)]
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """TimeoutError instead of a hung test if the block blocks (a FIFO open) for too long."""
-
-    def expired(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"blocked for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # ------------------------------------------------------------------ atomic_write: what it replaces

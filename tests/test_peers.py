@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
+from deadline import deadline
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,22 +28,6 @@ from pyrebootcert.peers import (
 
 def rec(address: str = "192.0.2.1", boot: int = 100, t: int = 5, v: int = 9) -> PeerRecord:
     return PeerRecord.create(address, boot, t, v)
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """TimeoutError instead of a hung test if the block blocks (a FIFO open) for too long."""
-
-    def expired(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"blocked for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_empty_store(tmp_path: Path) -> None:
