@@ -18,11 +18,11 @@ from ..errors import BpfError, UsageError
 from . import abi, libbpf
 from .loader import (
     MODES,
-    OVERRIDABLE,
     Classifier,
     ClassifierConfig,
     attached_program,
     detach_interface,
+    parse_defines,
     pin_dir,
     remove_pins,
 )
@@ -31,7 +31,6 @@ from .maps import ClassifierMaps
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-U32_MAX = (1 << 32) - 1  # every overridable limit is a map size or an array length
 
 EPILOG = """\
 examples:
@@ -53,28 +52,6 @@ def _iface_arg(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
-
-
-def _defines(items: list[str]) -> dict[str, int]:
-    """``-D NAME=VALUE`` options to a dict; UsageError (exit 2) for a bad one."""
-    out: dict[str, int] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not (value.isascii() and value.isdigit()):
-            raise UsageError(
-                f"xdp load: argument -D: {item!r} is not NAME=INTEGER",
-                hint="e.g. -D RC_MAX_SAS=65536",
-            )
-        if name not in OVERRIDABLE:
-            raise UsageError(
-                f"xdp load: argument -D: unknown limit {name!r}",
-                hint=f"known: {', '.join(sorted(OVERRIDABLE))}",
-            )
-        number = int(value)
-        if number > U32_MAX:
-            raise UsageError(f"xdp load: argument -D: {name}={number} is above {U32_MAX}")
-        out[name] = number
-    return out
 
 
 def register(subparsers: SubParsers) -> None:
@@ -125,7 +102,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     from ..cli import DEFAULT_CONFIG
     from ..config import load_config
 
-    defines = _defines(args.defines)  # usage errors first
+    # usage errors first
+    defines = parse_defines(args.defines, error=UsageError, what="xdp load: argument -D")
     path: Path | None = args.config
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG

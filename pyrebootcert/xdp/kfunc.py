@@ -14,6 +14,7 @@ instruction left unpatched stays a call of an unknown helper, which the verifier
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ KFUNC_GET = "bpf_xdp_get_xfrm_state"
 KFUNC_RELEASE = "bpf_xdp_xfrm_state_release"
 
 BPF_JMP_CALL = 0x85  # BPF_JMP | BPF_CALL
+BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: one instruction in two slots
 BPF_PSEUDO_KFUNC_CALL = 2
 BTF_KIND_FUNC = 12
 INSN_SIZE = 8
@@ -44,8 +46,12 @@ class XfrmKfuncs:
         return {RC_KF_PLACEHOLDER_GET: self.get_id, RC_KF_PLACEHOLDER_RELEASE: self.release_id}
 
 
+@functools.cache
 def find_xfrm_kfuncs() -> XfrmKfuncs | None:
-    """The kfuncs' BTF ids from this kernel's BTF, or None when it lacks them (< 6.8, no BTF)."""
+    """The kfuncs' BTF ids from this kernel's BTF, or None when it lacks them (< 6.8, no BTF).
+
+    Parsed once per process: the running kernel's BTF does not change, and the daemon loads
+    one classifier per interface."""
     lib = libbpf.lib()
     lib.btf__load_vmlinux_btf.restype = ct.c_void_p
     lib.btf__load_vmlinux_btf.argtypes = []
@@ -84,7 +90,7 @@ def patch_calls(insns: Any, size: int, placeholders: Mapping[int, int]) -> int:
     off = 0
     while off < size:
         code, regs = buf[off], buf[off + 1]
-        if code == 0x18:  # BPF_LD | BPF_IMM | BPF_DW: two slots
+        if code == BPF_LD_IMM64:
             off += 2 * INSN_SIZE
             continue
         imm = int.from_bytes(bytes(buf[off + 4 : off + 8]), "little", signed=False)

@@ -18,7 +18,6 @@ import contextlib
 import ctypes as ct
 import importlib.resources
 import os
-import re
 import shutil
 import socket
 from collections.abc import Callable, Mapping
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import KERNEL_SAD_MODES, KernelSad
-from ..errors import BpfError, ConfigError, DecodeError
+from ..errors import BpfError, ConfigError, DecodeError, RebootCertError
 from . import abi, kfunc, libbpf, prereq
 from .maps import MAP_NAMES, PIN_ROOT, BpfMap, ClassifierMaps
 
@@ -480,17 +479,34 @@ class Classifier:
         return self._decode_errors
 
 
-_DEFINE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+#: Every overridable limit is a map size or an array length.
+U32_MAX = (1 << 32) - 1
 
 
-def parse_defines(items: list[str]) -> dict[str, int]:
-    """``NAME=VALUE`` strings (CLI ``-D``) to a dict; BpfError on a bad item."""
+def parse_defines(
+    items: list[str],
+    *,
+    error: type[RebootCertError] = BpfError,
+    what: str = "BPF define",
+) -> dict[str, int]:
+    """``NAME=VALUE`` strings (CLI ``-D``) to a dict; ``error`` on a bad item.
+
+    VALUE is ASCII digits (``str.isdigit`` alone would let ``²`` through to ``int()``), NAME
+    one of ``OVERRIDABLE``, and the value at most 2**32-1.
+    """
     out: dict[str, int] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not _DEFINE_RE.match(name) or not value.isdigit():
-            raise BpfError(f"bad BPF define {item!r}: expected NAME=INTEGER")
-        out[name] = int(value)
+        if not sep or not (value.isascii() and value.isdigit()):
+            raise error(f"{what}: {item!r} is not NAME=INTEGER", hint="e.g. -D RC_MAX_SAS=65536")
+        if name not in OVERRIDABLE:
+            raise error(
+                f"{what}: unknown limit {name!r}", hint=f"known: {', '.join(sorted(OVERRIDABLE))}"
+            )
+        number = int(value)
+        if number > U32_MAX:
+            raise error(f"{what}: {name}={number} is above {U32_MAX}")
+        out[name] = number
     return out
 
 
