@@ -207,9 +207,14 @@ def atomic_write(
     *,
     mode: int = 0o644,
     overwrite: bool = True,
+    durable: bool = True,
     error: type[RebootCertError] = StateError,
 ) -> None:
     """Durably replace ``path`` with ``data`` (temp file, fsync, rename, fsync of the directory).
+
+    ``durable=False`` skips both fsyncs, for files that are rewritten often and are not state
+    (the daemon's status, once a second): a crash then leaves the old or the new contents, or
+    an empty file, never a mix.
 
     ``mode`` is applied exactly (independent of the umask) before any data is written.
     Only a regular file is ever replaced (see :func:`replacement_target`: anything else is
@@ -236,7 +241,8 @@ def atomic_write(
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if overwrite:
@@ -255,7 +261,8 @@ def atomic_write(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(directory, error=error)
+    if durable:
+        fsync_dir(directory, error=error)
 
 
 def remove_stale_temps(directory: Path, names: Iterable[str]) -> list[Path]:

@@ -34,7 +34,6 @@ import os
 import selectors
 import signal
 import sys
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -49,11 +48,10 @@ from ..config import DEFAULT_RESYNC_INTERVAL_S, Config, MetricsConfig, load_conf
 from ..crypto import TrustAnchor, load_trust_anchor
 from ..errors import ConfigError, RebootCertError, StateError
 from ..fsutil import (
-    TEMP_SUFFIX,
+    atomic_write,
     ensure_dir,
     open_lock_file,
     remove_stale_temps,
-    replacement_target,
 )
 from ..peers import PeerStore, canonical_address
 from ..xdp import abi
@@ -500,37 +498,16 @@ class Controller:
 def write_status(path: Path, status: dict[str, Any]) -> None:
     """Replace ``path`` with ``status`` (JSON) by rename; StateError if it cannot.
 
-    The file replaced is the one :func:`~pyrebootcert.fsutil.atomic_write` would replace
-    (:func:`~pyrebootcert.fsutil.replacement_target`): a regular file, or the regular file a
-    symbolic link names (the link is kept); a FIFO, socket, device, directory or dangling
-    link in its place is refused before anything is written. Unlike ``atomic_write``
-    nothing is fsync'ed: the status is not durable state, it is rewritten every second, and
+    :func:`~pyrebootcert.fsutil.atomic_write` replaces only a regular file, or the regular
+    file a symbolic link names (the link is kept); a FIFO, socket, device, directory or
+    dangling link in its place is refused before anything is written. ``durable=False``:
+    nothing is fsync'ed, the status is not durable state, it is rewritten every second, and
     two fsyncs a second would stall the loop on a busy disk. A crash leaves the old or the
     new file (the rename), at worst a stale temporary, which the next start removes (from
     the state directory).
     """
     data = (json.dumps(status, indent=1, sort_keys=True) + "\n").encode()
-    target = replacement_target(path)
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
-        )
-    except OSError as e:
-        raise StateError(f"cannot create a temporary file next to {target}: {e.strerror}") from e
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), STATUS_MODE)
-            f.write(data)
-        os.replace(tmp, target)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise StateError(f"cannot write {target}: {e.strerror}") from e
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    atomic_write(path, data, mode=STATUS_MODE, durable=False)
 
 
 @contextlib.contextmanager
