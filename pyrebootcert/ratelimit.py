@@ -93,6 +93,18 @@ class TokenBucket:
         return True, replace(current, tokens=max(0.0, current.tokens - n))
 
 
+def new_key_bucket(
+    rate_per_s: float, burst: float, now_ns: int, global_bucket: TokenBucket
+) -> TokenBucket:
+    """The full bucket a key gets on its first take.
+
+    It starts no earlier than the latest instant the global bucket has seen, so a clock that
+    went backwards cannot date it into the past and let it accrue tokens for time that had
+    already been accounted for.
+    """
+    return TokenBucket.full(rate_per_s, burst, max(now_ns, global_bucket.last_ns))
+
+
 class LimitResult(enum.Enum):
     """Outcome of :meth:`Limiter.take`."""
 
@@ -146,16 +158,12 @@ class Limiter:
         )
 
     def bucket_for(self, peer: str, now_ns: int) -> TokenBucket:
-        """The bucket ``peer`` would use at ``now_ns`` (a full one if it has none).
-
-        A new bucket starts no earlier than the latest instant the global bucket
-        has seen, so a clock that went backwards cannot date it into the past and
-        let it accrue tokens for time that had already been accounted for.
-        """
+        """The bucket ``peer`` would use at ``now_ns`` (:func:`new_key_bucket` if it has none)."""
         found = self.peers.get(peer)
         if found is None:
-            start_ns = max(now_ns, self.global_bucket.last_ns)
-            return TokenBucket.full(self.per_peer_rate_per_s, self.per_peer_burst, start_ns)
+            return new_key_bucket(
+                self.per_peer_rate_per_s, self.per_peer_burst, now_ns, self.global_bucket
+            )
         return found
 
     def _table_with(self, peer: str, bucket: TokenBucket, now_ns: int) -> dict[str, TokenBucket]:
@@ -228,8 +236,9 @@ class SourceLimiter:
         """Take one token from ``key``'s bucket, then one from the global bucket."""
         bucket = self._buckets.pop(key, None)
         if bucket is None:
-            start_ns = max(now_ns, self.global_bucket.last_ns)
-            bucket = TokenBucket.full(self.per_key_rate_per_s, self.per_key_burst, start_ns)
+            bucket = new_key_bucket(
+                self.per_key_rate_per_s, self.per_key_burst, now_ns, self.global_bucket
+            )
             if len(self._buckets) >= self.max_keys:
                 self._buckets.popitem(last=False)  # the least recently used key
         ok, bucket = bucket.take(now_ns)
